@@ -1,0 +1,40 @@
+# One-command set-up: every target creates/updates the local virtualenv first.
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed-stamp
+ONNARC := $(VENV)/bin/onn-arc
+
+.PHONY: install test test-all run bench-model bench-optim bench-fit bench-solve clean
+
+$(PY):
+	python3 -m venv $(VENV)
+
+$(STAMP): pyproject.toml | $(PY)
+	$(PY) -m pip install -q --disable-pip-version-check -e '.[dev]'
+	touch $(STAMP)
+
+install: $(STAMP)
+
+test: $(STAMP)
+	$(PY) -m pytest -q
+
+test-all: $(STAMP)
+	$(PY) -m pytest -q -m ''
+
+run: $(STAMP)
+	$(ONNARC) show 007bbfb7 --answer
+
+bench-model: $(STAMP)
+	$(PY) bench/model.py
+
+bench-optim: $(STAMP)
+	$(PY) bench/optim.py
+
+bench-fit: $(STAMP)
+	$(PY) bench/fit.py
+
+bench-solve: $(STAMP)
+	$(PY) bench/solve.py
+
+clean:
+	rm -rf $(VENV) build *.egg-info

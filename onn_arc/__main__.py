@@ -1,0 +1,3 @@
+from onn_arc.cli.app import main
+
+main()
