@@ -1,0 +1,164 @@
+"""Grid tokens: the vocabulary and the task -> sequence layout (DESIGN §3).
+
+A task becomes one causal sequence
+
+    BOS, [IN, input grid, OUT, output grid] per demo, IN, test input, OUT, test output, EOS
+
+where a grid is written row by row, each row's cells followed by one ROW token.
+Every token carries its (row, column) inside its grid (markers sit at (0, 0); the
+ROW token of a row of width W sits at column W) and a role (marker, input cell,
+output cell). Its place in the sequence is its index.
+
+The loss is on output grids: every output-grid token and the token that closes
+the grid (the IN or EOS after it), so the model learns when a grid ends.
+Tasks longer than the context lose demos from the end, never the test pair.
+"""
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from onn_arc.data import Grid, Task, as_array, from_array
+from onn_arc.errors import GridError, TaskError
+
+N_COLOURS = 10
+PAD, BOS, EOS, IN, OUT, ROW = range(N_COLOURS, N_COLOURS + 6)
+VOCAB_SIZE = N_COLOURS + 6
+NAMES = [str(c) for c in range(N_COLOURS)] + ["<pad>", "<bos>", "<eos>", "<in>", "<out>", "<row>"]
+
+MARKER, INPUT, OUTPUT = 0, 1, 2  # roles
+MAX_COORD = 30  # a row token of a 30-wide row sits at column 30
+
+
+@dataclass(frozen=True)
+class Sequence:
+    """One encoded task; every array has shape (T,)."""
+
+    tokens: np.ndarray  # int64 token ids
+    rows: np.ndarray  # int64 row inside the token's grid
+    cols: np.ndarray  # int64 column inside the token's grid
+    roles: np.ndarray  # int64 MARKER / INPUT / OUTPUT
+    targets: np.ndarray  # bool: the loss predicts this token (from position t-1)
+    n_demos: int  # demos kept after the context policy
+
+    def __len__(self) -> int:
+        return len(self.tokens)
+
+
+def grid_length(grid: Grid) -> int:
+    """Tokens a grid takes: one per cell plus one per row end."""
+    return len(grid) * (len(grid[0]) + 1)
+
+
+def _grid_parts(grid: Grid, role: int) -> tuple[np.ndarray, ...]:
+    a = as_array(grid)  # (H, W)
+    h, w = a.shape
+    tokens = np.concatenate([a, np.full((h, 1), ROW)], axis=1).ravel()  # (H * (W + 1),)
+    rows = np.repeat(np.arange(h), w + 1)
+    cols = np.tile(np.arange(w + 1), h)
+    return tokens, rows, cols, np.full(h * (w + 1), role)
+
+
+def _marker(token: int) -> tuple[np.ndarray, ...]:
+    return np.array([token]), np.zeros(1, np.int64), np.zeros(1, np.int64), np.array([MARKER])
+
+
+def encode_task(task: Task, test_index: int = 0, max_len: int | None = None, answer: bool = True) -> Sequence:
+    """Encode `task` with its test pair `test_index` last.
+
+    answer=True appends the test output and EOS (training, teacher-forced scoring);
+    answer=False stops right after the test pair's OUT marker: a prompt to decode from.
+    """
+    test = task.test[test_index]
+    if answer and test.output is None:
+        raise TaskError(f"{task.id}: test[{test_index}] has no output to encode")
+    test_len = 3 + grid_length(test.input) + (grid_length(test.output) + 1 if answer else 0)  # BOS IN .. OUT .. [EOS]
+    demo_lens = [2 + grid_length(p.input) + grid_length(p.output) for p in task.train]
+    n_demos = len(task.train)
+    if max_len is not None:
+        if test_len > max_len:
+            raise TaskError(f"{task.id}: test pair needs {test_len} tokens, the context holds {max_len}")
+        while test_len + sum(demo_lens[:n_demos]) > max_len:
+            n_demos -= 1
+
+    parts = [_marker(BOS)]
+    for pair in task.train[:n_demos]:
+        parts += [_marker(IN), _grid_parts(pair.input, INPUT), _marker(OUT), _grid_parts(pair.output, OUTPUT)]
+    parts += [_marker(IN), _grid_parts(test.input, INPUT), _marker(OUT)]
+    if answer:
+        parts += [_grid_parts(test.output, OUTPUT), _marker(EOS)]
+    tokens, rows, cols, roles = (np.concatenate(x).astype(np.int64) for x in zip(*parts))
+    is_out = roles == OUTPUT
+    targets = is_out | np.concatenate([[False], is_out[:-1]])  # output cells, row ends, and the grid's closer
+    return Sequence(tokens, rows, cols, roles, targets, n_demos)
+
+
+def decode_grid(tokens: list[int]) -> Grid:
+    """Turn generated output tokens (cells and ROW ends, optionally a closer) into a grid.
+
+    Raises GridError when the stream is not a rectangular grid of 1..30 rows and columns.
+    """
+    rows: list[list[int]] = []
+    current: list[int] = []
+    for t in tokens:
+        if t < N_COLOURS:
+            current.append(int(t))
+            if len(current) > MAX_COORD:
+                raise GridError(f"row {len(rows)} has more than {MAX_COORD} cells")
+        elif t == ROW:
+            if not current:
+                raise GridError(f"row {len(rows)} is empty")
+            if rows and len(current) != len(rows[0]):
+                raise GridError(f"row {len(rows)} has {len(current)} cells, row 0 has {len(rows[0])}")
+            rows.append(current)
+            current = []
+            if len(rows) > MAX_COORD:
+                raise GridError(f"more than {MAX_COORD} rows")
+        else:  # a closer (IN, EOS, ...) ends the grid
+            break
+    if current:
+        raise GridError(f"row {len(rows)} is not closed by a row end")
+    if not rows:
+        raise GridError("no cells were generated")
+    return from_array(np.array(rows))
+
+
+def next_coordinate(generated: list[int]) -> tuple[int, int]:
+    """(row, column) of the next token of an output grid, given the tokens generated so far."""
+    row = col = 0
+    for t in generated:
+        row, col = (row + 1, 0) if t == ROW else (row, col + 1)
+    return row, col
+
+
+@dataclass(frozen=True)
+class Batch:
+    """Right-padded sequences as tensors, each (B, T); causal attention makes padding harmless."""
+
+    tokens: torch.Tensor  # int64
+    rows: torch.Tensor  # int64
+    cols: torch.Tensor  # int64
+    pos: torch.Tensor  # int64 index in the sequence
+    targets: torch.Tensor  # bool, False on padding
+
+    def to(self, device: torch.device | str) -> "Batch":
+        return Batch(*(t.to(device) for t in (self.tokens, self.rows, self.cols, self.pos, self.targets)))
+
+    @property
+    def n_tokens(self) -> int:
+        return self.tokens.numel()
+
+
+def collate(seqs: list[Sequence], length: int | None = None) -> Batch:
+    """Stack sequences into a batch padded to `length` (default: the longest)."""
+    t = max(len(s) for s in seqs) if length is None else length
+    b = len(seqs)
+    out = {k: np.zeros((b, t), np.int64) for k in ("tokens", "rows", "cols")}
+    out["tokens"][:] = PAD
+    targets = np.zeros((b, t), bool)
+    for i, s in enumerate(seqs):
+        n = len(s)
+        out["tokens"][i, :n], out["rows"][i, :n], out["cols"][i, :n], targets[i, :n] = s.tokens, s.rows, s.cols, s.targets
+    pos = np.broadcast_to(np.arange(t), (b, t))
+    return Batch(*(torch.from_numpy(np.ascontiguousarray(a)) for a in (out["tokens"], out["rows"], out["cols"], pos, targets)))

@@ -1,0 +1,95 @@
+import numpy as np
+import pytest
+
+from onn_arc import tokens as tk
+from onn_arc.data import Pair, Task, load_split
+from onn_arc.errors import GridError, TaskError
+
+
+def _output_grid_of(seq: tk.Sequence, which: int) -> list[int]:
+    """Tokens of the `which`-th output grid (cells and row ends) in `seq`."""
+    out = seq.roles == tk.OUTPUT
+    starts = np.flatnonzero(out & ~np.concatenate([[False], out[:-1]]))
+    start = starts[which]
+    end = start
+    while end < len(seq) and out[end]:
+        end += 1
+    return seq.tokens[start : end + 1].tolist()  # include the closer
+
+
+@pytest.mark.parametrize("split", ["arc1-train", "arc1-eval"])
+def test_round_trip_every_bundled_task(split):
+    for task in load_split(split):
+        for i, test in enumerate(task.test):
+            seq = tk.encode_task(task, test_index=i)
+            assert seq.n_demos == len(task.train)
+            assert tk.decode_grid(_output_grid_of(seq, seq.n_demos)) == test.output
+            for d, pair in enumerate(task.train):
+                assert tk.decode_grid(_output_grid_of(seq, d)) == pair.output
+
+
+def test_layout_coordinates_and_targets():
+    task = Task(id="t", train=(Pair(input=((1, 2),), output=((3,), (4,))),), test=(Pair(input=((5,),), output=((6, 7),)),))
+    seq = tk.encode_task(task)
+    B, E, I, O, R = tk.BOS, tk.EOS, tk.IN, tk.OUT, tk.ROW
+    assert seq.tokens.tolist() == [B, I, 1, 2, R, O, 3, R, 4, R, I, 5, R, O, 6, 7, R, E]
+    assert seq.rows.tolist() == [0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 0, 0, 0, 0, 0, 0, 0, 0]
+    assert seq.cols.tolist() == [0, 0, 0, 1, 2, 0, 0, 1, 0, 1, 0, 0, 1, 0, 0, 1, 2, 0]
+    # output cells, their row ends and the token that closes each output grid are targets
+    assert seq.targets.astype(int).tolist() == [0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 0, 0, 0, 1, 1, 1, 1]
+
+
+def test_prompt_stops_after_out_marker_and_next_coordinate():
+    task = load_split("arc1-train")[0]
+    prompt = tk.encode_task(task, answer=False)
+    assert prompt.tokens[-1] == tk.OUT and not prompt.targets[-1]
+    assert tk.next_coordinate([]) == (0, 0)
+    assert tk.next_coordinate([1, 2, tk.ROW, 3]) == (1, 1)
+
+
+def test_context_policy_drops_demos_never_the_test_pair():
+    task = load_split("arc1-train")[0]
+    full = len(tk.encode_task(task))
+    one_demo_less = tk.encode_task(task, max_len=full - 1)
+    assert one_demo_less.n_demos == len(task.train) - 1
+    assert len(one_demo_less) < full
+    test_only = tk.encode_task(task, max_len=3 + tk.grid_length(task.test[0].input) + tk.grid_length(task.test[0].output) + 1)
+    assert test_only.n_demos == 0
+    with pytest.raises(TaskError, match="test pair needs"):
+        tk.encode_task(task, max_len=10)
+
+
+def test_prompt_without_answer_is_allowed_for_puzzles():
+    task = Task(id="p", train=(Pair(input=((1,),), output=((2,),)),), test=(Pair(input=((1,),)),))
+    assert len(tk.encode_task(task, answer=False)) == 1 + 6 + 4  # BOS, demo (IN 1 ROW OUT 2 ROW), IN 1 ROW OUT
+    with pytest.raises(TaskError, match="no output"):
+        tk.encode_task(task)
+
+
+@pytest.mark.parametrize(
+    "stream, reason",
+    [
+        ([1, 2, tk.ROW, 3, tk.ROW], "row 1 has 1 cells, row 0 has 2"),
+        ([1, 2], "not closed"),
+        ([tk.ROW], "row 0 is empty"),
+        ([tk.EOS], "no cells"),
+        ([1] * 31 + [tk.ROW], "more than 30 cells"),
+        ([1, tk.ROW] * 31, "more than 30 rows"),
+    ],
+)
+def test_decode_rejects_bad_grids(stream, reason):
+    with pytest.raises(GridError, match=reason):
+        tk.decode_grid(stream)
+
+
+def test_decode_stops_at_closer():
+    assert tk.decode_grid([1, 2, tk.ROW, 3, 4, tk.ROW, tk.IN, 9, 9]) == ((1, 2), (3, 4))
+
+
+def test_collate_pads_and_masks():
+    task = load_split("arc1-train")[0]
+    a, b = tk.encode_task(task), tk.encode_task(task, max_len=len(tk.encode_task(task)) - 1)
+    batch = tk.collate([a, b])
+    assert batch.tokens.shape == (2, len(a))
+    assert (batch.tokens[1, len(b) :] == tk.PAD).all() and not batch.targets[1, len(b) :].any()
+    assert batch.pos[1].tolist() == list(range(len(a)))
