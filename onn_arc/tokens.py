@@ -160,5 +160,5 @@ def collate(seqs: list[Sequence], length: int | None = None) -> Batch:
     for i, s in enumerate(seqs):
         n = len(s)
         out["tokens"][i, :n], out["rows"][i, :n], out["cols"][i, :n], targets[i, :n] = s.tokens, s.rows, s.cols, s.targets
-    pos = np.broadcast_to(np.arange(t), (b, t))
+    pos = np.tile(np.arange(t), (b, 1))
     return Batch(*(torch.from_numpy(np.ascontiguousarray(a)) for a in (out["tokens"], out["rows"], out["cols"], pos, targets)))
