@@ -66,6 +66,6 @@ def main() -> None:
 
 
 # Each command module adds itself to `app` with @app.command(); importing them registers them.
-COMMANDS = ["show", "tasks", "score", "version"]
+COMMANDS = ["show", "tasks", "train", "solve", "eval", "score", "inspect", "version"]
 for _name in COMMANDS:
     importlib.import_module(f"onn_arc.cli.{_name}")

@@ -1,0 +1,155 @@
+"""`onn-arc eval`: solve and score a split (or any tasks) with a checkpoint, resumably, with a live pass@2."""
+
+import re
+from pathlib import Path
+from typing import Annotated
+
+import torch
+import typer
+from rich.markup import escape
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.table import Table
+
+from onn_arc import data
+from onn_arc.checkpoint import default_checkpoint
+from onn_arc.cli.app import app
+from onn_arc.cli.common import CheckpointOpt, JsonOpt, SeedOpt, ThreadsOpt, err, out
+from onn_arc.cli.solve import (
+    DEFAULT,
+    DeviceOpt,
+    MinProbOpt,
+    SamplerOpt,
+    TttOptimizerOpt,
+    TttSecondsOpt,
+    TttStepsOpt,
+    ViewsOpt,
+    solve_config,
+)
+from onn_arc.errors import TaskNotFound
+from onn_arc.evaluate import Evaluation, TaskDone, evaluate
+from onn_arc.train import resolve_device
+
+Opt = typer.Option
+SplitOpt = Annotated[str, Opt(help="Tasks: a split, a folder or file of tasks, or CHALLENGES.json[,SOLUTIONS.json].")]
+LimitOpt = Annotated[int | None, Opt(min=1, help="Only the first N tasks, in order.", show_default=False)]
+TasksOpt = Annotated[str | None, Opt("--tasks", help="Only these task ids (comma-separated).", show_default=False)]
+WorkersOpt = Annotated[int, Opt(min=1, help="Tasks solved in parallel processes (each with cores / workers threads).")]
+OutDirOpt = Annotated[
+    Path | None,
+    Opt("--out", help="Run folder (default: runs/eval-<split>-<checkpoint>); rerun to resume.", show_default=False),
+]
+
+
+def select(tasks: list[data.Task], ids: str | None, limit: int | None, source: str) -> list[data.Task]:
+    """The tasks named by `ids` (comma-separated, in that order) or all, then the first `limit` of them."""
+    if ids:
+        by_id = {t.id: t for t in tasks}
+        wanted = list(dict.fromkeys(i.strip() for i in ids.split(",") if i.strip()))
+        missing = [i for i in wanted if i not in by_id]
+        if missing:
+            raise TaskNotFound(f"{source}: has no task {', '.join(missing)}")
+        tasks = [by_id[i] for i in wanted]
+    return tasks[:limit] if limit is not None else tasks
+
+
+def default_out(split: str, checkpoint: Path) -> Path:
+    """runs/eval-<split>-<checkpoint name> (a run's `checkpoint/` folder is named after its run)."""
+    name = checkpoint.resolve().parent.name if checkpoint.name == "checkpoint" else checkpoint.name
+    label = re.sub(r"[^A-Za-z0-9_.-]+", "_", Path(split.split(",")[0]).stem if split not in data.SPLITS else split)
+    return Path("runs") / f"eval-{label}-{name}"
+
+
+def _marks(hits: list[bool]) -> str:
+    return " ".join("[green]✓[/]" if hit else "[red]✗[/]" for hit in hits)
+
+
+def _number(value: float | None, digits: int = 3) -> str:
+    return "–" if value is None else f"{value:.{digits}f}"
+
+
+def _table(evaluation: Evaluation, title: str) -> Table:
+    table = Table(title=escape(title))
+    table.add_column("task", no_wrap=True)
+    for name in ("att 1", "att 2", "score", "cells", "tf loss", "ttt", "s"):
+        table.add_column(name, justify="right", no_wrap=True)
+    for row in evaluation.report["tasks"]:
+        tests = row.get("tests")
+        losses = [x for x in row["tf_loss"] if x is not None]
+        table.add_row(
+            f"[red]{escape(row['task_id'])}[/]" if row["error"] else escape(row["task_id"]),
+            _marks([t["attempt_1"] for t in tests]) if tests else "[dim]–[/]",
+            _marks([t["attempt_2"] for t in tests]) if tests else "[dim]–[/]",
+            _number(row.get("pass_at_2"), 2),
+            _number(row.get("cell_accuracy"), 2),
+            _number(sum(losses) / len(losses) if losses else None),
+            str(row["ttt_steps"]),
+            f"{row['seconds']:.1f}",
+        )
+    return table
+
+
+@app.command("eval")
+def eval_command(
+    split: SplitOpt = "arc1-eval",
+    limit: LimitOpt = None,
+    tasks: TasksOpt = None,
+    checkpoint: CheckpointOpt = None,
+    ttt_steps: TttStepsOpt = DEFAULT.ttt_steps,
+    ttt_seconds: TttSecondsOpt = DEFAULT.ttt_seconds,
+    ttt_optimizer: TttOptimizerOpt = DEFAULT.optimizer.name,
+    views: ViewsOpt = DEFAULT.views,
+    sampler: SamplerOpt = DEFAULT.sampler,
+    min_prob: MinProbOpt = DEFAULT.min_prob,
+    seed: SeedOpt = DEFAULT.seed,
+    workers: WorkersOpt = 1,
+    out_dir: OutDirOpt = None,
+    as_json: JsonOpt = False,
+    threads: ThreadsOpt = 0,
+    device: DeviceOpt = "auto",
+) -> None:
+    """Evaluate a checkpoint: solve every task, score pass@2 with the official rules, write submission.json and
+    report.json. Interrupted runs resume where they stopped (same --out, same options)."""
+    if threads:
+        torch.set_num_threads(threads)
+    cfg = solve_config(ttt_steps, ttt_seconds, ttt_optimizer, views, sampler, min_prob, seed)
+    chosen = select(data.load_source(split), tasks, limit, split)
+    folder = checkpoint or default_checkpoint()
+    out_dir = out_dir or default_out(split, folder)
+
+    columns = (
+        TextColumn("[bold]eval"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), TextColumn("eta"),
+        TimeRemainingColumn(), TextColumn("{task.fields[info]}"),
+    )  # fmt: skip
+    with Progress(*columns, console=err, refresh_per_second=2, transient=True, disable=not err.is_terminal) as progress:
+        bar = progress.add_task("eval", total=len(chosen), info="")
+        scores: list[float] = []
+
+        def on_task(done: TaskDone) -> None:
+            if done.score is not None:
+                scores.append(done.score.pass_at_2)
+            if done.resumed:  # the bar and its ETA count only the tasks solved now
+                progress.update(bar, total=progress.tasks[bar].total - 1)
+            else:
+                progress.advance(bar)
+            running = f"pass@2 {sum(scores) / len(scores):.3f} on {len(scores)}" if scores else ""
+            progress.update(bar, info=f"{running}  last {done.record['task_id']}")
+
+        dev = resolve_device(device)
+        evaluation = evaluate(folder, chosen, cfg, out_dir, workers=workers, on_task=on_task, device=dev)
+
+    summary = evaluation.report["summary"]
+    if as_json:
+        out.print_json(data=summary)
+        return
+    out.print(_table(evaluation, f"{folder.name} on {split} ({len(chosen)} tasks)"))
+    for row in evaluation.report["tasks"]:
+        if row["error"]:
+            out.print(f"[red]failed[/] {escape(row['error'])}", soft_wrap=True)
+    out.print(
+        f"pass@2 {summary['pass_at_2']:.3f}  pass@1 {summary['pass_at_1']:.3f}  "
+        f"solved {summary['solved_tasks']}/{summary['scored_tasks']}  shape-correct {summary['shape_correct']:.3f}  "
+        f"cell acc {summary['cell_accuracy']:.3f}  tf loss {_number(summary['tf_loss'])}  "
+        f"{_number(summary['seconds_per_task'], 1)} s/task  failed {summary['failed']}",
+        soft_wrap=True,
+    )
+    out.print(f"report: {Path(out_dir) / 'report.json'}  submission: {Path(out_dir) / 'submission.json'}")

@@ -1,0 +1,145 @@
+"""`onn-arc train`: teacher-forced training with live progress and resumable checkpoints."""
+
+import json
+import os
+import tomllib
+from pathlib import Path
+from typing import Annotated, Any
+
+import torch
+import torch.distributed as dist
+import typer
+from pydantic import ValidationError
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+from onn_arc.checkpoint import load_checkpoint
+from onn_arc.cli.app import app
+from onn_arc.cli.common import SeedOpt, ThreadsOpt, err, out
+from onn_arc.config import ModelConfig, TrainConfig, one_line
+from onn_arc.errors import ConfigError
+from onn_arc.train import Run, RunPaths, prepare, resolve_device
+
+Opt = typer.Option
+
+
+def _read_config(path: Path) -> dict[str, Any]:
+    try:
+        text = path.read_text()
+    except OSError as e:
+        raise ConfigError(f"{path}: cannot read: {e.strerror}") from None
+    try:
+        return tomllib.loads(text) if path.suffix == ".toml" else json.loads(text)
+    except (ValueError, tomllib.TOMLDecodeError) as e:
+        raise ConfigError(f"{path}: not valid {'TOML' if path.suffix == '.toml' else 'JSON'}: {e}") from None
+
+
+def _set(d: dict[str, Any], dotted: str, value: Any) -> None:
+    *parents, leaf = dotted.split(".")
+    for p in parents:
+        d = d.setdefault(p, {})
+    d[leaf] = value
+
+
+@app.command("train")
+def train_command(
+    out_dir: Annotated[Path, Opt("--out", "-o", help="Run folder: checkpoint/ and metrics.jsonl go here.")] = Path("runs/default"),
+    config: Annotated[Path | None, Opt(help="A TOML or JSON file of TrainConfig fields; flags override it.")] = None,
+    resume: Annotated[bool, Opt(help="Continue the run in --out from its last checkpoint (its saved config, plus any flags given).")] = False,
+    source: Annotated[list[str] | None, Opt(help="Data trained on, demos and test outputs (repeatable): a split, folder or task file. Default: arc1-train.")] = None,
+    demo_source: Annotated[list[str] | None, Opt(help="Data of which only the demos are used (repeatable), e.g. arc1-eval.")] = None,
+    size: Annotated[str | None, Opt(help="Model preset: tiny, small or base.")] = None,
+    arch: Annotated[str | None, Opt(help="onn (Sparse Bayesian Layers) or dense (the baseline).")] = None,
+    d_model: Annotated[int | None, Opt(help="Override the preset's width.")] = None,
+    n_layers: Annotated[int | None, Opt(help="Override the preset's depth.")] = None,
+    max_len: Annotated[int | None, Opt(help="Override the preset's context length in tokens.")] = None,
+    optimizer: Annotated[str | None, Opt(help="gn (Gauss-Newton preconditioned) or adamw.")] = None,
+    lr: Annotated[float | None, Opt(help="Peak learning rate.")] = None,
+    batch_tokens: Annotated[int | None, Opt(help="Padded tokens per step.")] = None,
+    steps: Annotated[int | None, Opt(help="Step budget (the lr schedule ends here).")] = None,
+    seconds: Annotated[float | None, Opt(help="Wall-clock budget in seconds (stops early; the schedule follows it).")] = None,
+    warmup_steps: Annotated[int | None, Opt(help="Linear lr warm-up steps.")] = None,
+    gate_weight: Annotated[float | None, Opt(help="Weight of the SML gate loss (0: off).")] = None,
+    kl_weight: Annotated[float | None, Opt(help="Weight of the KL loss (0: off).")] = None,
+    augment: Annotated[bool | None, Opt("--augment/--no-augment", help="Random dihedral, colour and demo-order transforms.")] = None,
+    checkpoint_every: Annotated[int | None, Opt(help="Steps between checkpoints.")] = None,
+    seed: Annotated[int | None, Opt(help="Seed for init, data order, augmentations and sampling.")] = None,
+    device: Annotated[str, Opt(help="cpu, cuda or auto.")] = "auto",
+    threads: ThreadsOpt = 0,
+) -> None:
+    """Train a Tiny-ONN on ARC with teacher forcing (Ctrl-C saves a checkpoint and stops).
+
+    Never trains on an evaluation split's test outputs; every checkpoint records its data.
+    Multi-process: torchrun --nproc_per_node=2 -m onn_arc train ...
+    """
+    if threads:
+        torch.set_num_threads(threads)
+    paths = RunPaths(out_dir)
+    base: dict[str, Any] = {}
+    if resume:
+        base = load_checkpoint(paths.checkpoint).meta.train_config
+    if config is not None:
+        base |= _read_config(config)
+    flags = {
+        "sources": source, "demo_sources": demo_source, "model.arch": arch, "model.d_model": d_model,
+        "model.n_layers": n_layers, "model.max_len": max_len, "optimizer.name": optimizer, "optimizer.lr": lr,
+        "batch_tokens": batch_tokens, "steps": steps, "seconds": seconds, "warmup_steps": warmup_steps,
+        "loss.gate_weight": gate_weight, "loss.kl_weight": kl_weight, "checkpoint_every": checkpoint_every, "seed": seed,
+    }  # fmt: skip
+    if augment is not None:
+        flags |= {f"augment.{k}": augment for k in ("dihedral", "colours", "shuffle")}
+    if size is not None:
+        base["model"] = ModelConfig.preset(size).model_dump() | {k: v for k, v in base.get("model", {}).items() if k == "arch"}
+    for key, value in flags.items():
+        if value is not None:
+            _set(base, key, value)
+    try:
+        cfg = TrainConfig.model_validate(base)
+    except ValidationError as e:
+        raise ConfigError(one_line(e, "train config")) from None
+
+    distributed = int(os.environ.get("WORLD_SIZE", "1")) > 1
+    dev = resolve_device(device)
+    if distributed:
+        dist.init_process_group("nccl" if dev.type == "cuda" else "gloo")
+    rank0 = not distributed or dist.get_rank() == 0
+    try:
+        _run(prepare(cfg, paths.root, resume, dev), dev, show=rank0)
+    finally:
+        if distributed:
+            dist.destroy_process_group()
+
+
+def _run(run: Run, device: torch.device, show: bool) -> None:
+    cfg, paths = run.cfg, run.paths
+    if show:
+        m = cfg.model
+        err.print(
+            f"training {m.arch} d={m.d_model} layers={m.n_layers} ctx={m.max_len} with {cfg.optimizer.name} "
+            f"on {', '.join(cfg.sources)}{' + demos of ' + ', '.join(cfg.demo_sources) if cfg.demo_sources else ''} "
+            f"→ {paths.root}  ({device})"
+        )
+    columns = (
+        TextColumn("[bold]train"), BarColumn(bar_width=20), MofNCompleteColumn(), TimeElapsedColumn(), TextColumn("eta"),
+        TimeRemainingColumn(), TextColumn("{task.fields[info]}"),
+    )  # fmt: skip
+    log_every = max(1, min(50, cfg.steps // 20))
+    with Progress(*columns, console=err, disable=not show, refresh_per_second=2) as progress:
+        bar = progress.add_task("train", total=cfg.steps, completed=run.step, info="")
+
+        def on_step(step: int, m: dict[str, float]) -> None:
+            progress.update(bar, completed=step, info=f"loss {m['main']:.3f} acc {m['acc']:.3f} {m['tok_s']:.0f} tok/s")
+            if step % log_every == 0 or m["skipped"]:
+                progress.console.print(
+                    f"step {step}: loss {m['main']:.4f} gate {m['gate']:.4f} kl {m['kl']:.4f} acc {m['acc']:.4f} "
+                    f"act {m['activation_rate']:.3f} |g| {m['grad_norm']:.2f} lr {m['lr']:.2e} {m['tok_s']:.0f} tok/s"
+                    + (" [red]skipped: non-finite loss or gradient[/]" if m["skipped"] else ""),
+                    soft_wrap=True,
+                )
+
+        metrics = run.fit(on_step)
+    if show:
+        out.print(
+            f"checkpoint {paths.checkpoint} · loss {metrics['main']:.4f} · acc {metrics['acc']:.4f} · "
+            f"metrics {paths.metrics}",
+            soft_wrap=True,
+        )

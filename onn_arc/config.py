@@ -1,0 +1,146 @@
+"""Typed, frozen configs. A bad value raises pydantic's ValidationError naming the field and value;
+`ModelConfig.preset` turns that (and an unknown preset name) into a one-line ConfigError."""
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from onn_arc import tokens
+from onn_arc.errors import ConfigError
+
+
+def one_line(exc: ValidationError, source: str) -> str:
+    """A pydantic error as one line: `source: field=value: what is wrong`."""
+    e = exc.errors(include_url=False)[0]
+    field = ".".join(str(part) for part in e["loc"])
+    what = e["msg"].removeprefix("Value error, ")  # a validator's own message already names its fields
+    more = f" (and {exc.error_count() - 1} more)" if exc.error_count() > 1 else ""
+    return f"{source}: {field}={e['input']!r}: {what}{more}" if field else f"{source}: {what}{more}"
+
+
+class ModelConfig(BaseModel):
+    """Shape of a Tiny-ONN (or of its dense baseline)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    arch: Literal["onn", "dense"] = "onn"  # Sparse Bayesian Layers, or the dense baseline (plain linear maps)
+    d_model: int = Field(gt=0)  # width
+    n_layers: int = Field(gt=0)  # blocks
+    n_heads: int = Field(default=1, gt=0)  # DynSIHA: one full-width head by default
+    ffn_mult: int = Field(gt=0)  # MoIE hidden width = ffn_mult * d_model
+    max_len: int = Field(gt=0)  # context length in tokens (and KV-cache capacity)
+    vocab_size: int = Field(default=tokens.VOCAB_SIZE, ge=tokens.VOCAB_SIZE)  # token ids 0..vocab_size-1
+
+    @model_validator(mode="after")
+    def _head_dim(self) -> "ModelConfig":
+        # rotary positions split each head's pairs of dims: half over sequence, a quarter each over row and column
+        if self.d_model % self.n_heads or (self.d_model // self.n_heads) % 8:
+            raise ValueError(
+                f"d_model={self.d_model} / n_heads={self.n_heads} must give a head dim that is a multiple of 8"
+            )
+        return self
+
+    @property
+    def head_dim(self) -> int:
+        return self.d_model // self.n_heads
+
+    @classmethod
+    def preset(cls, name: str, **overrides: object) -> "ModelConfig":
+        """A named preset ("tiny" for tests, "small", "base" for CPU training) with fields overridden."""
+        if name not in PRESETS:
+            raise ConfigError(f"unknown model preset '{name}' (valid: {', '.join(PRESETS)})")
+        try:
+            return cls(**{**PRESETS[name], **overrides})
+        except ValidationError as exc:
+            raise ConfigError(one_line(exc, f"model preset '{name}'")) from None
+
+
+PRESETS: dict[str, dict[str, object]] = {
+    "tiny": dict(d_model=16, n_layers=1, ffn_mult=2, max_len=512),  # tests: 5.8k params (onn), 3.6k (dense)
+    "small": dict(d_model=64, n_layers=2, ffn_mult=4, max_len=2048),  # quick experiments: 204k (onn), 105k (dense)
+    "base": dict(d_model=128, n_layers=4, ffn_mult=4, max_len=2048),  # CPU training: 1.59M (onn), 0.80M (dense)
+}
+
+
+class LossConfig(BaseModel):
+    """Weights of the auxiliary losses (DESIGN §5); the main loss always has weight 1."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    gate_weight: float = Field(default=0.01, ge=0)  # SML gate loss weight (0 turns it off)
+    kl_weight: float = Field(default=0.01, ge=0)  # KL loss weight (0 turns it off)
+    gate_tokens: int = Field(default=64, gt=0)  # tokens per step (random subset) the gate loss is computed on
+
+
+class AugmentConfig(BaseModel):
+    """Which random whole-task transforms training applies (DESIGN §2)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    dihedral: bool = True  # one of the 8 rotations/reflections
+    colours: bool = True  # a random colour permutation
+    keep_background: bool = True  # colour 0 stays 0 under the permutation
+    shuffle: bool = True  # random demo order
+
+
+class OptimizerConfig(BaseModel):
+    """The optimizer: Gauss-Newton preconditioning (DESIGN §6) or plain AdamW."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    name: Literal["gn", "adamw"] = "gn"
+    lr: float = Field(default=3e-3, gt=0)  # peak learning rate (GN grafts its step to AdamW's size)
+    beta1: float = Field(default=0.9, ge=0, lt=1)
+    beta2: float = Field(default=0.95, ge=0, lt=1)
+    weight_decay: float = Field(default=0.1, ge=0)  # decoupled, on weight matrices only
+    damping: float = Field(default=0.1, ge=0)  # GN: relative to the mean curvature
+    stat_decay: float = Field(default=0.8, ge=0, lt=1)  # GN: running-average decay of the curvature factors
+    curvature_every: int = Field(default=10, gt=0)  # GN: steps between curvature statistics
+    precondition_every: int = Field(default=50, gt=0)  # GN: steps between eigenbasis refreshes
+    start_step: int = Field(default=10, gt=0)  # GN: plain AdamW before this step
+
+
+class TrainConfig(BaseModel):
+    """Everything a training run needs; saved in every checkpoint it writes."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    model: ModelConfig = Field(default_factory=lambda: ModelConfig.preset("base"))
+    loss: LossConfig = LossConfig()
+    optimizer: OptimizerConfig = OptimizerConfig()
+    augment: AugmentConfig = AugmentConfig()
+    sources: list[str] = ["arc1-train"]  # data sources trained on, demos and test outputs
+    demo_sources: list[str] = []  # sources of which only demos are used (leave-one-out pseudo-tasks)
+    batch_tokens: int = Field(default=8192, gt=0)  # padded tokens per step (per rank)
+    steps: int = Field(default=2000, gt=0)  # step budget; the lr schedule ends here
+    seconds: float | None = Field(default=None, gt=0)  # optional wall-clock budget; the schedule follows it too
+    warmup_steps: int = Field(default=50, ge=0)  # linear lr warm-up
+    min_lr_ratio: float = Field(default=0.1, ge=0, le=1)  # cosine decay ends at this fraction of lr
+    grad_clip: float = Field(default=1.0, gt=0)  # max global gradient norm
+    seed: int = 0  # seeds the model init, data order, augmentations and sampling
+    checkpoint_every: int = Field(default=100, gt=0)  # steps between checkpoints
+    max_bad_steps: int = Field(default=5, gt=0)  # consecutive non-finite steps before the run stops
+
+
+class SolveConfig(BaseModel):
+    """How one task is solved (DESIGN §7): test-time training on its demos, augmented views, decoding, voting.
+
+    Defaults fit the `base` preset in about 50 s per task on 2 CPU cores, under 120 s at worst (bench/solve.py).
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    ttt_steps: int = Field(default=32, ge=0)  # test-time training steps on the task's own demos (0 turns it off)
+    ttt_seconds: float | None = Field(default=None, gt=0)  # optional wall-clock bound on test-time training
+    ttt_batch_tokens: int = Field(default=4096, gt=0)  # padded tokens per test-time training step
+    optimizer: OptimizerConfig = OptimizerConfig(
+        lr=1e-3, start_step=2, curvature_every=4, precondition_every=8
+    )  # test-time training optimizer (GN preconditions from its 2nd step)
+    loss: LossConfig = LossConfig()  # test-time training losses
+    augment: AugmentConfig = AugmentConfig()  # random transforms of the test-time training examples
+    grad_clip: float = Field(default=1.0, gt=0)  # test-time training: max global gradient norm
+    views: int = Field(default=6, ge=1)  # augmented views decoded and voted over (view 0 is the task as given)
+    sampler: Literal["greedy", "dfs"] = "greedy"  # one grid per view, or every grid above min_prob
+    min_prob: float = Field(default=0.1, gt=0, le=1)  # dfs: a candidate's probability floor
+    max_candidates: int = Field(default=4, gt=0)  # dfs: at most this many grids per view
+    seed: int = 0  # seeds the views, test-time training data and sampling

@@ -1,0 +1,276 @@
+"""Evaluating a checkpoint on a set of tasks: solve each, score with the official rules, write a submission.
+
+    OUT/settings.json    the run's identity: the checkpoint's weights (sha256) and the SolveConfig; a rerun must match
+    OUT/results.jsonl    one line per finished task, appended, flushed and fsynced as each completes
+    OUT/submission.json  Kaggle shape, every task in task order (written at the end)
+    OUT/report.json      summary and per-task attempts, correctness, seconds, test-time training, views (at the end)
+
+A rerun in the same folder skips the tasks already in results.jsonl, so an interrupted run resumes, and it gives the
+same report as an uninterrupted one except for timing fields (`seconds`, `ttt_seconds`, `seconds_per_task`);
+tasks are solved independently, each from the same seed. A checkpoint trained on any of the tasks' test outputs is
+refused (LeakageError).
+
+Beside pass@2 the report carries leading indicators where the truth is known: the best attempt's shape correctness
+and cell accuracy (scoring.py), and the teacher-forced loss of the true output (its tokens and the token that ends
+it) under the model before test-time training, with the task as given.
+"""
+
+import json
+import multiprocessing
+import os
+import time
+from collections.abc import Callable
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from onn_arc.checkpoint import MODEL_FILE, load_checkpoint
+from onn_arc.config import SolveConfig
+from onn_arc.data import Task
+from onn_arc.errors import ConfigError, LeakageError, TaskError
+from onn_arc.losses import main_loss
+from onn_arc.model import TinyONN
+from onn_arc.scoring import Scorer, ScoreSummary, TaskScore, write_submission
+from onn_arc.solve import solve_task
+from onn_arc.tokens import OUT, Batch, collate, encode_task
+
+SETTINGS, RESULTS, SUBMISSION, REPORT = "settings.json", "results.jsonl", "submission.json", "report.json"
+TIMING = ("seconds", "ttt_seconds", "seconds_per_task")  # the only fields a resumed run may change
+
+
+@dataclass(frozen=True)
+class TaskDone:
+    """One finished task, as `on_task` sees it."""
+
+    record: dict[str, Any]  # its results.jsonl line
+    score: TaskScore | None  # None when the task has no test outputs
+    resumed: bool  # read back from an earlier run rather than solved now
+
+
+@dataclass(frozen=True)
+class Evaluation:
+    summary: ScoreSummary  # official scores of the tasks with test outputs
+    report: dict[str, Any]  # what report.json holds
+
+
+def teacher_forced_loss(model: TinyONN, task: Task, test_index: int) -> float | None:
+    """Mean cross-entropy of the true output's tokens (cells, row ends, the closing EOS) given everything before,
+    with the task as given; None without a test output or when the pair does not fit the context."""
+    if task.test[test_index].output is None:
+        return None
+    try:
+        seq = encode_task(task, test_index, max_len=model.cfg.max_len, answer=True)
+    except TaskError:
+        return None
+    batch = collate([seq])
+    start = int((batch.tokens[0] == OUT).nonzero()[-1]) + 1  # the test output's first token
+    targets = batch.targets.clone()
+    targets[:, :start] = False  # only the test output: the demos' outputs are context here
+    batch = Batch(batch.tokens, batch.rows, batch.cols, batch.pos, targets).to(next(model.parameters()).device)
+    with torch.inference_mode():
+        loss, _ = main_loss(model(batch.tokens, batch.rows, batch.cols, batch.pos), batch.tokens, batch.targets)
+    return loss.item()
+
+
+def run_task(model: TinyONN, task: Task, cfg: SolveConfig) -> dict[str, Any]:
+    """Solve one task; its results.jsonl record. A task that cannot be solved (TaskError) is recorded as failed."""
+    started = time.perf_counter()
+    tf_loss = [teacher_forced_loss(model, task, i) for i in range(len(task.test))]
+    try:
+        solved = solve_task(model, task, cfg).to_json() | {"error": None}
+    except TaskError as e:
+        solved = {
+            "attempts": [[] for _ in task.test], "candidates": [[] for _ in task.test], "views": [],
+            "ttt_steps": 0, "ttt_seconds": 0.0, "ttt_loss": None, "error": str(e),
+        }  # fmt: skip
+    return {"task_id": task.id, **solved, "tf_loss": tf_loss, "seconds": time.perf_counter() - started}
+
+
+# ---------------------------------------------------------------- the output folder
+
+
+def _flat(settings: dict[str, Any]) -> dict[str, Any]:
+    return {"weights_sha256": settings.get("weights_sha256")} | {
+        f"solve.{k}": v for k, v in (settings.get("solve") or {}).items()
+    }
+
+
+def _check_settings(path: Path, settings: dict[str, Any]) -> None:
+    """Write settings.json, or refuse when the folder holds a run with other settings."""
+    if not path.exists():
+        _write_json(path, settings)
+        return
+    try:
+        old = _flat(json.loads(path.read_text()))
+    except (json.JSONDecodeError, AttributeError):
+        raise ConfigError(f"{path}: not a settings file; choose another --out or delete the folder") from None
+    new = _flat(settings)
+    for key in sorted(old.keys() | new.keys()):
+        if old.get(key) != new.get(key):
+            raise ConfigError(
+                f"{path}: this folder holds a run with other settings ({key} was {old.get(key)!r}, now "
+                f"{new.get(key)!r}); choose another --out or delete the folder"
+            )
+
+
+def _read_results(path: Path) -> dict[str, dict[str, Any]]:
+    """Finished tasks by id. Only newline-terminated lines count: a line a crash cut short is cut from the file."""
+    if not path.exists():
+        return {}
+    data = path.read_bytes()
+    complete = data[: data.rfind(b"\n") + 1]
+    if len(complete) < len(data):
+        with open(path, "r+b") as f:
+            f.truncate(len(complete))
+    records = {}
+    for n, line in enumerate(complete.splitlines(), start=1):
+        try:
+            record = json.loads(line)
+            records[record["task_id"]] = record
+        except (json.JSONDecodeError, KeyError, TypeError):
+            raise ConfigError(
+                f"{path}: line {n} is not a task record; choose another --out or delete the folder"
+            ) from None
+    return records
+
+
+def _append(path: Path, record: dict[str, Any]) -> None:
+    with open(path, "a", encoding="utf-8") as f:
+        f.write(json.dumps(record) + "\n")
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def _write_json(path: Path, obj: Any) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(obj, indent=2))
+    os.replace(tmp, path)
+
+
+def _grids(attempts: list[list]) -> list[tuple]:
+    return [tuple(tuple(tuple(row) for row in g) for g in per_test) for per_test in attempts]
+
+
+def _score(task: Task, record: dict[str, Any]) -> TaskScore | None:
+    if not task.has_test_outputs:
+        return None
+    return Scorer().update(task.id, _grids(record["attempts"]), [p.output for p in task.test])
+
+
+def _mean(values: list[float]) -> float | None:
+    return sum(values) / len(values) if values else None
+
+
+def _report(tasks: list[Task], records: dict[str, dict[str, Any]], settings: dict[str, Any]) -> Evaluation:
+    """The scores and report.json of finished records, in task order."""
+    scorer = Scorer()
+    rows = []
+    for task in tasks:
+        record = records[task.id]
+        row = {k: v for k, v in record.items() if k != "candidates"}
+        if task.has_test_outputs:
+            score = scorer.update(task.id, _grids(record["attempts"]), [p.output for p in task.test])
+            row |= {k: v for k, v in score.to_json().items() if k != "task_id"}
+        rows.append(row)
+    summary = scorer.result()
+    scores = summary.to_json()
+    del scores["tasks"]
+    overview = {
+        "n_tasks": len(tasks),
+        "scored_tasks": scores.pop("n_tasks"),
+        **scores,
+        "failed": sum(r["error"] is not None for r in rows),
+        "tf_loss": _mean([x for r in rows for x in r["tf_loss"] if x is not None]),
+        "seconds_per_task": _mean([r["seconds"] for r in rows]),
+    }
+    return Evaluation(summary, {"settings": settings, "summary": overview, "tasks": rows})
+
+
+# ---------------------------------------------------------------- workers
+
+_worker: dict[str, Any] = {}
+
+
+def _init_worker(folder: str, device: str, threads: int) -> None:
+    torch.set_num_threads(threads)
+    _worker["model"] = load_checkpoint(folder, device=device).model
+
+
+def _run_in_worker(task: Task, cfg: SolveConfig) -> dict[str, Any]:
+    return run_task(_worker["model"], task, cfg)
+
+
+def evaluate(
+    checkpoint_folder: str | Path,
+    tasks: list[Task],
+    cfg: SolveConfig,
+    out_dir: str | Path,
+    workers: int = 1,
+    on_task: Callable[[TaskDone], None] | None = None,
+    device: str | torch.device = "cpu",
+) -> Evaluation:
+    """Solve and score `tasks` with the checkpoint, resumably, in `out_dir` (see the module docstring).
+
+    workers > 1 solves tasks in that many processes (each loads the checkpoint once and uses cores // workers
+    threads); workers = 1 runs here with the current torch thread count. `on_task` sees every finished task,
+    those resumed from an earlier run first.
+    """
+    if workers < 1:
+        raise ConfigError(f"workers={workers}: must be at least 1")
+    if len({t.id for t in tasks}) != len(tasks):
+        raise ConfigError("the task list names a task twice")
+    loaded = load_checkpoint(checkpoint_folder, device=device)
+    leaked = loaded.meta.data.leaks_into(tasks)
+    if leaked:
+        shown = ", ".join(leaked[:3]) + (", ..." if len(leaked) > 3 else "")
+        raise LeakageError(
+            f"{loaded.folder} was trained on the test outputs of {len(leaked)} of these {len(tasks)} tasks ({shown}) "
+            f"from {', '.join(loaded.meta.data.test_outputs_from)}; evaluate it on tasks it has not seen"
+        )
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    settings = {
+        "checkpoint": str(loaded.folder.resolve()),
+        "weights_sha256": loaded.meta.files[MODEL_FILE],
+        "solve": cfg.model_dump(mode="json"),
+    }
+    _check_settings(out / SETTINGS, settings)
+    records = _read_results(out / RESULTS)
+    by_id = {t.id: t for t in tasks}
+    for task in tasks:
+        if task.id in records and on_task is not None:
+            on_task(TaskDone(records[task.id], _score(task, records[task.id]), resumed=True))
+    pending = [t for t in tasks if t.id not in records]
+
+    def finished(record: dict[str, Any]) -> None:
+        _append(out / RESULTS, record)
+        records[record["task_id"]] = record
+        if on_task is not None:
+            on_task(TaskDone(record, _score(by_id[record["task_id"]], record), resumed=False))
+
+    if workers == 1 or len(pending) <= 1:
+        for task in pending:
+            finished(run_task(loaded.model, task, cfg))
+    else:
+        threads = max(1, (os.cpu_count() or 1) // workers)
+        with ProcessPoolExecutor(
+            max_workers=workers,
+            mp_context=multiprocessing.get_context("spawn"),  # no fork of a process that holds torch threads
+            initializer=_init_worker,
+            initargs=(str(loaded.folder), str(device), threads),
+        ) as pool:
+            futures = [pool.submit(_run_in_worker, task, cfg) for task in pending]
+            try:
+                for future in as_completed(futures):
+                    finished(future.result())
+            except BaseException:
+                pool.shutdown(cancel_futures=True)
+                raise
+
+    evaluation = _report(tasks, records, settings)
+    write_submission(out / SUBMISSION, {t.id: _grids(records[t.id]["attempts"]) for t in tasks})
+    _write_json(out / REPORT, evaluation.report)
+    return evaluation

@@ -1,0 +1,187 @@
+"""Training losses (DESIGN §5): main next-token loss, surprise, the SML gate loss and the adaptive KL loss.
+
+- Main: cross-entropy of the logits at t against token t+1, counted where token t+1 is a target
+  (output-grid cells, row ends and the grid's closer; `loss_mask` marks the scored logits).
+- Surprise: S = |dL_main/dy| at every SBL output y, per token and unit, read by tensor hooks during the main
+  backward (no double backprop), on a random subset of the batch's tokens (`LossConfig.gate_tokens`).
+- Gate loss (SML), per SBL and sampled token, with S a detached target and r the SBL's pre-ReLU route logits
+  recomputed from its detached input with mu detached (the gate loss trains the routing, sigma and gate;
+  the main loss alone trains the values mu; its backward costs one small matmul per layer):
+      p = softmax(-S / mean(S))            dividing by the token's mean S makes p independent of the loss scale
+      L = CE(r, argmin S) + KL(p || softmax(r))
+  averaged over tokens the main loss reached (S not all 0) and over layers. The CE pulls up the least
+  surprising unit (exploit), the KL matches the whole ranking (explore); both reach every unit, closed ones too.
+- KL loss: KL(N(mu, σ²) || N(0, s²)) per SBL weight, σ = softplus(sigma), averaged over all SBL weights.
+  Prior scale s = SIGMA_INIT · u (σ's initial value, 1), with u = clamp(H / log V, 0.1, 1) and H the mean
+  predictive entropy on scored positions (detached): an uncertain model keeps a prior as wide as the init, a
+  confident one pulls σ, the scale of the routing keys, and (weakly, through mu² / 2s²) mu towards 0.
+- Nothing here masks or zeroes a parameter's gradient.
+"""
+
+import contextlib
+import math
+from collections.abc import Callable
+from contextlib import AbstractContextManager
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from onn_arc.config import LossConfig
+from onn_arc.model import SBL, SIGMA_INIT, TinyONN
+from onn_arc.tokens import PAD, Batch
+
+MIN_UNCERTAINTY = 0.1  # floor of u in the KL prior scale
+
+
+def loss_mask(targets: Tensor) -> Tensor:
+    """(B, T) bool: the logits the main loss scores, i.e. where the next token is a target."""
+    return F.pad(targets[:, 1:], (0, 1), value=False)
+
+
+def main_loss(logits: Tensor, tokens: Tensor, targets: Tensor) -> tuple[Tensor, Tensor]:
+    """Next-token cross-entropy on target tokens, logits at t predicting token t+1; (loss, token accuracy)."""
+    mask = loss_mask(targets)
+    if not mask.any():
+        raise ValueError("main_loss: the batch has no target tokens")
+    pred = logits[mask]  # (N, V)
+    gold = tokens.roll(-1, dims=1)[mask]  # (N,) the token after each scored position
+    accuracy = (pred.detach().argmax(-1) == gold).float().mean()
+    return F.cross_entropy(pred, gold), accuracy
+
+
+def uncertainty(logits: Tensor, mask: Tensor) -> float:
+    """Mean predictive entropy on the scored positions over its maximum log V, clamped to [MIN_UNCERTAINTY, 1]."""
+    log_p = F.log_softmax(logits.detach()[mask], dim=-1)  # (N, V)
+    entropy = -(log_p.exp() * log_p).sum(-1).mean().item()
+    return min(max(entropy / math.log(logits.shape[-1]), MIN_UNCERTAINTY), 1.0)
+
+
+class SurpriseRecorder:
+    """Around a forward pass (a context manager): each SBL keeps its detached input on the tokens `index`
+    (flat positions in B*T) and hooks its output y; while `collecting`, a backward stores |dL/dy| there."""
+
+    def __init__(self, layers: list[SBL], index: Tensor):
+        self.layers, self.index = layers, index
+        self.collecting = False
+        self._inputs: dict[SBL, Tensor] = {}
+        self._surprise: dict[SBL, Tensor] = {}
+        self._handles: list = []
+
+    def __enter__(self) -> "SurpriseRecorder":
+        self._handles = [layer.register_forward_hook(self._keep) for layer in self.layers]
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for handle in self._handles:
+            handle.remove()
+
+    def _keep(self, layer: SBL, inputs: tuple[Tensor, ...], y: Tensor) -> None:
+        if not y.requires_grad:
+            return
+        self._inputs[layer] = inputs[0].detach().flatten(0, -2)[self.index]  # (K, d_in)
+
+        def store(grad: Tensor) -> None:
+            if self.collecting:
+                self._surprise[layer] = grad.flatten(0, -2)[self.index].abs()  # (K, d_out)
+
+        y.register_hook(store)
+
+    def records(self) -> list[tuple[SBL, Tensor, Tensor]]:
+        """(layer, input (K, d_in), surprise (K, d_out)) for every layer whose surprise was collected."""
+        return [(layer, self._inputs[layer], self._surprise[layer]) for layer in self.layers if layer in self._surprise]
+
+
+def sample_tokens(valid: Tensor, k: int) -> Tensor:
+    """Up to k random flat positions (global RNG) among the True ones of `valid` (B, T), in order."""
+    positions = valid.flatten().nonzero().squeeze(1)  # (n,)
+    if len(positions) > k:
+        positions = positions[torch.randperm(len(positions), device=valid.device)[:k].sort().values]
+    return positions
+
+
+def gate_loss(records: list[tuple[SBL, Tensor, Tensor]]) -> Tensor:
+    """SML: CE(r, argmin S) + KL(softmax(-S / mean S) || softmax(r)) per token, averaged (see module docstring)."""
+    if not records:
+        raise ValueError("gate_loss: no surprise was recorded")
+    terms = []
+    for layer, x, surprise in records:
+        reached = surprise.sum(-1) > 0  # tokens the main loss depends on
+        x, surprise = x[reached], surprise[reached]  # (K', d_in), (K', d_out)
+        if not len(x):
+            continue
+        log_q = F.log_softmax(layer.route_logits(x, train_mu=False), dim=-1)  # (K', d_out)
+        log_p = F.log_softmax(-surprise / surprise.mean(-1, keepdim=True), dim=-1)  # (K', d_out)
+        ce = F.nll_loss(log_q, surprise.argmin(-1))
+        kl = F.kl_div(log_q, log_p, reduction="batchmean", log_target=True)
+        terms.append(ce + kl)
+    return torch.stack(terms).mean() if terms else records[0][1].new_zeros(())
+
+
+def kl_loss(layers: list[SBL], u: float) -> Tensor:
+    """Mean over all SBL weights of KL(N(mu, softplus(sigma)²) || N(0, (SIGMA_INIT · u)²))."""
+    s = SIGMA_INIT * u
+    total, count = None, 0
+    for layer in layers:
+        sd = F.softplus(layer.sigma)
+        kl = (math.log(s) - 0.5 - sd.log() + (sd.square() + layer.mu.square()) / (2 * s * s)).sum()
+        total = kl if total is None else total + kl
+        count += layer.sigma.numel()
+    if total is None:
+        raise ValueError("kl_loss: no SBL layers")
+    return total / count
+
+
+def activation_rate(layers: list[SBL], valid: Tensor) -> float:
+    """Mean fraction of firing units over the layers' last forward, on the `valid` (B, T) tokens (1.0 when dense)."""
+    if not layers:
+        return 1.0
+    return torch.stack([layer.last_rate[valid].mean() for layer in layers]).mean().item()
+
+
+def forward_backward(
+    model: TinyONN,
+    batch: Batch,
+    cfg: LossConfig,
+    capture: AbstractContextManager = contextlib.nullcontext(),
+    curvature: Callable[[Tensor, Tensor], None] | None = None,
+) -> dict[str, float]:
+    """One training step's gradients, accumulated into .grad; returns every term as a detached float.
+
+    Forward inside `capture`; main loss; main backward (hooks collect the surprise); then, if given,
+    `curvature(logits, loss_mask(targets))` on the retained graph; then the gate and KL losses' backward.
+    """
+    layers = [layer for _, layer in model.routed_layers()]
+    valid = batch.tokens != PAD  # (B, T)
+    recording = cfg.gate_weight > 0 and bool(layers)
+    index = sample_tokens(valid, cfg.gate_tokens) if recording else valid.new_zeros(0, dtype=torch.long)
+    recorder = SurpriseRecorder(layers if recording else [], index)
+    with capture, recorder:
+        logits = model(batch.tokens, batch.rows, batch.cols, batch.pos)  # (B, T, V)
+    main, accuracy = main_loss(logits, batch.tokens, batch.targets)
+    recorder.collecting = True
+    main.backward(retain_graph=curvature is not None)
+    recorder.collecting = False
+    mask = loss_mask(batch.targets)
+    if curvature is not None:
+        curvature(logits, mask)
+
+    gate = gate_loss(recorder.records()) if recording else None
+    kl = None
+    if layers:
+        with torch.set_grad_enabled(cfg.kl_weight > 0):
+            kl = kl_loss(layers, uncertainty(logits, mask))
+    aux = [w * t for w, t in ((cfg.gate_weight, gate), (cfg.kl_weight, kl)) if t is not None and w > 0 and t.requires_grad]
+    if aux:
+        torch.stack(aux).sum().backward()
+    gate_value = 0.0 if gate is None else gate.item()
+    kl_value = 0.0 if kl is None else kl.item()
+    return {
+        "main": main.item(),
+        "gate": gate_value,
+        "kl": kl_value,
+        "total": main.item() + cfg.gate_weight * gate_value + cfg.kl_weight * kl_value,
+        "acc": accuracy.item(),
+        "activation_rate": activation_rate(layers, valid),
+        "tokens": float(mask.sum()),
+    }

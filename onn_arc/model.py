@@ -1,0 +1,281 @@
+"""Tiny-ONN: a small causal transformer whose linear maps are Sparse Bayesian Layers (DESIGN §4).
+
+Read bottom-up: SBL -> Linear -> Attention (DynSIHA) -> FFN (MoIE) -> Block -> TinyONN. What is unusual:
+
+- SBL: each output unit (a row of `mu`, a "micro-expert") decides per token whether and how strongly it fires:
+      keys = mu * softplus(sigma);  route = relu(x @ keys.T / sqrt(d_in) - gate);  y = route * (x @ mu.T)
+  Values and route logits come from ONE matmul of x with cat([mu, keys / sqrt(d_in)]) (bias cat([0, -gate])). A unit that does not fire gets no
+  gradient through route * value; the gate loss (losses.py) works on the pre-ReLU `route_logits` and can reopen it.
+  Init: softplus(sigma) = 1 and gate = -1, so route = 1 + x @ mu.T / sqrt(d_in) ~ 1: every unit fires and an SBL
+  starts as its dense counterpart, with a small content-dependent modulation; routing and sparsity are learned
+  (the design notes expect near-dense behaviour early in training). Inits where half the units fire at first
+  trained clearly worse: keys share mu's signs (softplus > 0), so a unit opens mostly when its value is
+  positive and the layer's outputs start out one-signed.
+- Every SBL keeps `last_rate`, the fraction of its units that fired, per token (detached); `tap`, when set, sees
+  (x, z = x @ mu.T) for the Gauss-Newton optimizer.
+- DynSIHA attention: one SBL emits Q, K and V; one full-width head by default (`n_heads` is a variant); an SBL is the
+  output projection. MoIE feed-forward: SBL -> GELU -> SBL. Blocks are pre-norm residual (RMSNorm).
+- Positions are role-free: token + learned row + learned column embeddings at the input, and rotary embeddings whose
+  pairs of head dims are split: half turn with the sequence position, a quarter with the row, a quarter with the
+  column, so attention sees relative offsets both along the sequence and inside the 2-D grids.
+- arch="dense" is the baseline: every SBL becomes a plain Linear, everything else stays.
+- KVCache is preallocated per layer; crop(n) backtracks. Cached decoding computes exactly what the full forward
+  computes (same positions, same maths), one token at a time or in chunks.
+"""
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from onn_arc.config import ModelConfig
+from onn_arc.tokens import MAX_COORD
+
+
+SIGMA_INIT = 1.0  # softplus(sigma) at init: keys = mu, scores = value / sqrt(d_in), small
+GATE_INIT = -1.0  # route = relu(scores + 1) ~ 1 at init: every unit fires, the SBL starts as its dense Linear
+
+
+class SBL(nn.Module):
+    """Sparse Bayesian Layer: a linear map whose output units fire per token, by content (DESIGN §4)."""
+
+    def __init__(self, d_in: int, d_out: int):
+        super().__init__()
+        self.d_in, self.d_out = d_in, d_out
+        bound = 1 / math.sqrt(d_in)  # nn.Linear's init
+        self.mu = nn.Parameter(torch.empty(d_out, d_in).uniform_(-bound, bound))
+        self.sigma = nn.Parameter(torch.full((d_out, d_in), SIGMA_INIT + math.log(-math.expm1(-SIGMA_INIT))))
+        self.gate = nn.Parameter(torch.full((d_out,), GATE_INIT))
+        self.tap = None  # Callable[[Tensor, Tensor], None] | None: sees (x, z) on every forward when set
+        self.last_rate: Tensor | None = None  # (...,) fraction of units that fired, per token, last forward
+        self._frozen: tuple[tuple, tuple[Tensor, Tensor]] | None = None  # `_fused` kept for no-grad forwards
+
+    @property
+    def weight_matrix(self) -> nn.Parameter:
+        return self.mu
+
+    def _scaled_keys(self, mu: Tensor) -> Tensor:
+        return mu * F.softplus(self.sigma) / math.sqrt(self.d_in)  # (d_out, d_in)
+
+    def route_logits(self, x: Tensor, train_mu: bool = True) -> Tensor:
+        """Pre-ReLU route logits scores - gate, (..., d_out). train_mu=False keeps their gradient out of mu."""
+        return F.linear(x, self._scaled_keys(self.mu if train_mu else self.mu.detach())) - self.gate
+
+    def _fused(self) -> tuple[Tensor, Tensor]:
+        """Weight cat([mu, keys / sqrt(d_in)]) (2 d_out, d_in) and bias cat([0, -gate]) (2 d_out,) of the one product
+        x @ weight.T + bias = [z, scores - gate]. Without autograd (decoding) they are kept until mu, sigma or gate
+        change (in-place updates bump their version counters), so one-token steps do not redo the keys."""
+        if torch.is_grad_enabled():
+            self._frozen = None
+            return self._build_fused()
+        stamp = tuple((p.device, p.data_ptr(), p._version) for p in (self.mu, self.sigma, self.gate))
+        if self._frozen is None or self._frozen[0] != stamp:
+            self._frozen = (stamp, self._build_fused())
+        return self._frozen[1]
+
+    def _build_fused(self) -> tuple[Tensor, Tensor]:
+        return torch.cat([self.mu, self._scaled_keys(self.mu)]), torch.cat([torch.zeros_like(self.gate), -self.gate])
+
+    def forward(self, x: Tensor) -> Tensor:
+        z, logits = F.linear(x, *self._fused()).split(self.d_out, dim=-1)  # (..., d_out) each: z + 0, scores - gate
+        if self.tap is not None:
+            self.tap(x, z)
+        route = F.relu(logits)
+        self.last_rate = route.detach().sign().mean(-1)  # (...,) route >= 0: its sign says whether a unit fired
+        return route * z
+
+    def extra_repr(self) -> str:
+        return f"d_in={self.d_in}, d_out={self.d_out}"
+
+
+class Linear(nn.Linear):
+    """The dense baseline's linear map (no bias), with the SBL's `weight_matrix` / `tap` contract."""
+
+    def __init__(self, d_in: int, d_out: int):
+        super().__init__(d_in, d_out, bias=False)
+        self.tap = None  # Callable[[Tensor, Tensor], None] | None
+
+    @property
+    def weight_matrix(self) -> nn.Parameter:
+        return self.weight
+
+    def forward(self, x: Tensor) -> Tensor:
+        z = super().forward(x)
+        if self.tap is not None:
+            self.tap(x, z)
+        return z
+
+
+def linear_map(cfg: ModelConfig, d_in: int, d_out: int) -> SBL | Linear:
+    """The one place the architecture switch acts."""
+    return SBL(d_in, d_out) if cfg.arch == "onn" else Linear(d_in, d_out)
+
+
+class KVCache:
+    """Keys and values of every layer for the tokens seen so far, preallocated to the model's max_len."""
+
+    def __init__(self, n_layers: int, max_len: int):
+        self.max_len = max_len
+        self.length = 0  # tokens cached
+        self._k: list[Tensor | None] = [None] * n_layers
+        self._v: list[Tensor | None] = [None] * n_layers
+
+    def update(self, layer: int, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
+        """Store one layer's keys/values of the new tokens (B, H, T, hd); return all cached ones (B, H, length + T, hd)."""
+        if self._k[layer] is None:
+            b, h, _, hd = k.shape
+            self._k[layer], self._v[layer] = k.new_zeros(b, h, self.max_len, hd), v.new_zeros(b, h, self.max_len, hd)
+        cache_k, cache_v = self._k[layer], self._v[layer]
+        end = self.length + k.shape[2]
+        cache_k[:, :, self.length : end] = k
+        cache_v[:, :, self.length : end] = v
+        return cache_k[:, :, :end], cache_v[:, :, :end]
+
+    def advance(self, n: int) -> None:
+        """Count n new tokens as cached (after every layer stored them)."""
+        self.length += n
+
+    def crop(self, n: int) -> None:
+        """Forget everything after the first n tokens."""
+        if not 0 <= n <= self.length:
+            raise ValueError(f"crop({n}): the cache holds {self.length} tokens")
+        self.length = n
+
+
+class Rotary(nn.Module):
+    """Rotary angles from (sequence position, row, column): half of a head's dim pairs turn with the position
+    (base 10000), a quarter each with the row and the column (base 100: coordinates only go to 30)."""
+
+    def __init__(self, head_dim: int):
+        super().__init__()
+        pairs = head_dim // 2
+        n_seq, n_grid = pairs // 2, pairs // 4
+        self.register_buffer("seq_freqs", 10000.0 ** (-torch.arange(n_seq) / n_seq), persistent=False)
+        self.register_buffer("grid_freqs", 100.0 ** (-torch.arange(n_grid) / n_grid), persistent=False)
+
+    def forward(self, pos: Tensor, rows: Tensor, cols: Tensor) -> tuple[Tensor, Tensor]:
+        angles = torch.cat(
+            [pos[..., None] * self.seq_freqs, rows[..., None] * self.grid_freqs, cols[..., None] * self.grid_freqs], -1
+        )  # (B, T, hd / 2)
+        return angles.cos()[:, :, None], angles.sin()[:, :, None]  # (B, T, 1, hd / 2) each: broadcast over heads
+
+
+def rotate(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
+    """Turn each pair (x[i], x[i + hd/2]) of x (B, T, H, hd) by its angle."""
+    x1, x2 = x.chunk(2, dim=-1)  # (B, T, H, hd / 2) each
+    return torch.cat([x1 * cos - x2 * sin, x1 * sin + x2 * cos], dim=-1)
+
+
+class Attention(nn.Module):
+    """DynSIHA: one map emits Q, K, V; causal scaled-dot-product attention; one output map."""
+
+    def __init__(self, cfg: ModelConfig, index: int):
+        super().__init__()
+        self.index, self.n_heads, self.head_dim = index, cfg.n_heads, cfg.head_dim
+        self.qkv = linear_map(cfg, cfg.d_model, 3 * cfg.d_model)
+        self.out = linear_map(cfg, cfg.d_model, cfg.d_model)
+
+    def forward(self, x: Tensor, rope: tuple[Tensor, Tensor], cache: KVCache | None) -> Tensor:
+        b, t, d = x.shape
+        q, k, v = self.qkv(x).view(b, t, 3, self.n_heads, self.head_dim).unbind(2)  # (B, T, H, hd) each
+        q, k = rotate(q, *rope), rotate(k, *rope)
+        q, k, v = (u.transpose(1, 2) for u in (q, k, v))  # (B, H, T, hd)
+        past = 0
+        if cache is not None:
+            past = cache.length
+            k, v = cache.update(self.index, k, v)  # (B, H, past + T, hd)
+        mask = None
+        if past and t > 1:  # new token i sees every cached token and new tokens 0..i
+            mask = torch.arange(past, past + t, device=x.device)[:, None] >= torch.arange(past + t, device=x.device)
+        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=not past and t > 1)  # (B, H, T, hd)
+        return self.out(y.transpose(1, 2).reshape(b, t, d))  # (B, T, D)
+
+
+class FFN(nn.Module):
+    """MoIE: map up to ffn_mult * d_model, GELU, map down."""
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.up = linear_map(cfg, cfg.d_model, cfg.ffn_mult * cfg.d_model)
+        self.down = linear_map(cfg, cfg.ffn_mult * cfg.d_model, cfg.d_model)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.down(F.gelu(self.up(x)))
+
+
+class Block(nn.Module):
+    """Pre-norm residual block: x + attention(norm x), then x + ffn(norm x)."""
+
+    def __init__(self, cfg: ModelConfig, index: int):
+        super().__init__()
+        self.attn_norm, self.attn = nn.RMSNorm(cfg.d_model), Attention(cfg, index)
+        self.ffn_norm, self.ffn = nn.RMSNorm(cfg.d_model), FFN(cfg)
+
+    def forward(self, x: Tensor, rope: tuple[Tensor, Tensor], cache: KVCache | None) -> Tensor:
+        x = x + self.attn(self.attn_norm(x), rope, cache)
+        return x + self.ffn(self.ffn_norm(x))
+
+
+class TinyONN(nn.Module):
+    """Token + grid-coordinate embeddings, `n_layers` blocks, a final norm and a linear head over the vocabulary."""
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.cfg = cfg
+        d = cfg.d_model
+        self.tok_emb = nn.Embedding(cfg.vocab_size, d)
+        self.row_emb = nn.Embedding(MAX_COORD + 1, d)
+        self.col_emb = nn.Embedding(MAX_COORD + 1, d)
+        for emb in (self.tok_emb, self.row_emb, self.col_emb):
+            nn.init.normal_(emb.weight, std=3**-0.5)  # their sum starts with unit variance
+        self.rotary = Rotary(cfg.head_dim)
+        self.blocks = nn.ModuleList(Block(cfg, i) for i in range(cfg.n_layers))
+        self.norm = nn.RMSNorm(d)
+        self.head = nn.Linear(d, cfg.vocab_size, bias=False)
+
+    def new_cache(self) -> KVCache:
+        return KVCache(self.cfg.n_layers, self.cfg.max_len)
+
+    def forward(self, tokens: Tensor, rows: Tensor, cols: Tensor, pos: Tensor, cache: KVCache | None = None) -> Tensor:
+        """Logits (B, T, V) for inputs (B, T); with a cache the new tokens attend to the cached ones and are appended."""
+        t = tokens.shape[1]
+        past = 0 if cache is None else cache.length
+        if past + t > self.cfg.max_len:
+            raise ValueError(f"{past} cached + {t} new tokens exceed the context max_len={self.cfg.max_len}")
+        x = self.tok_emb(tokens) + self.row_emb(rows) + self.col_emb(cols)  # (B, T, D)
+        rope = self.rotary(pos, rows, cols)
+        for block in self.blocks:
+            x = block(x, rope, cache)
+        if cache is not None:
+            cache.advance(t)
+        return self.head(self.norm(x))  # (B, T, V)
+
+    def routed_layers(self) -> list[tuple[str, SBL]]:
+        """Every SBL with its name (empty for the dense baseline)."""
+        return [(name, m) for name, m in self.named_modules() if isinstance(m, SBL)]
+
+    def tapped_layers(self) -> list[SBL | Linear]:
+        """Every SBL (onn) or Linear (dense) inside the blocks: the maps the Gauss-Newton optimizer preconditions."""
+        return [m for m in self.blocks.modules() if isinstance(m, (SBL, Linear))]
+
+    def param_groups(self, weight_decay: float) -> list[dict]:
+        """Optimizer groups, each with a "kind":
+        "matrix": the weight matrices of the tapped layers (mu / weight), decayed;
+        "other": embeddings, the output head (an untied mirror of the embedding), norms, SBL sigma and gate, not decayed.
+        """
+        matrices = [m.weight_matrix for m in self.tapped_layers()]
+        in_matrices = {id(p) for p in matrices}
+        other = [p for p in self.parameters() if id(p) not in in_matrices]
+        groups = [
+            {"params": matrices, "weight_decay": weight_decay, "kind": "matrix"},
+            {"params": other, "weight_decay": 0.0, "kind": "other"},
+        ]
+        grouped = [id(p) for g in groups for p in g["params"]]
+        assert len(grouped) == len(set(grouped)) and set(grouped) == {id(p) for p in self.parameters()}, (
+            "every parameter must be in exactly one group"
+        )
+        return groups
+
+    def num_params(self) -> int:
+        return sum(p.numel() for p in self.parameters())

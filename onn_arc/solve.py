@@ -1,0 +1,221 @@
+"""Solving one task (DESIGN §7): test-time training, augmented views, voting, two attempts.
+
+1. Test-time training fine-tunes a deep copy of the model on the task's own demos: leave-one-out pseudo-tasks (each
+   demo in turn is the test pair, so the real test outputs are never involved), randomly augmented, for at most
+   `ttt_steps` steps and `ttt_seconds` seconds, with the training step of `train.py` and a cosine-decayed lr.
+2. `views` augmented copies of the task are decoded (view 0 is the task as given, the others random whole-task
+   augmentations). Each test input's prompt leaves room for an output as large as the largest grid in the task.
+3. Every candidate grid is mapped back through its view's inverse; distinct grids are ranked by the number of views
+   that produced them, then by their log-probability summed over those views. The top two are the attempts.
+
+Everything random comes from `cfg.seed`: the same model, task and config give the same solution (with a step
+budget; a wall-clock budget stops wherever the time runs out).
+"""
+
+import copy
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from onn_arc import decode
+from onn_arc.augment import INVERSE_DIHEDRAL, Augmentation
+from onn_arc.config import SolveConfig, TrainConfig
+from onn_arc.data import Grid, Task
+from onn_arc.errors import TaskError
+from onn_arc.model import TinyONN
+from onn_arc.tokens import Sequence, encode_task
+from onn_arc.train import Example, leave_one_out, lr_factor, make_optimizer, sample_batch, train_step
+
+Progress = Callable[[str, int, int], None]  # (stage, done, total): "ttt" steps, then "decode" view × test prompts
+
+
+@dataclass(frozen=True)
+class Ranked:
+    """A distinct candidate grid after voting, in the task's own orientation."""
+
+    grid: Grid
+    votes: int  # views that produced it
+    logprob: float  # summed over those views
+    views: tuple[int, ...]  # which views
+
+    def to_json(self) -> dict:
+        grid = [list(row) for row in self.grid]
+        return {"grid": grid, "votes": self.votes, "logprob": self.logprob, "views": list(self.views)}
+
+
+@dataclass(frozen=True)
+class Answer:
+    """The answer to one test input."""
+
+    attempts: tuple[Grid, ...]  # up to two distinct grids, best first (none when no view produced a grid)
+    candidates: tuple[Ranked, ...]  # every distinct grid, ranked
+    confidence: np.ndarray | None  # (H, W) attempt 1: per-cell probability, mean over the views that produced it
+    activation: np.ndarray | None  # (H, W) attempt 1: per-cell SBL activation rate, mean over those views
+
+
+@dataclass(frozen=True)
+class Solution:
+    task_id: str
+    tests: tuple[Answer, ...]  # one per test input, in order
+    views: tuple[Augmentation, ...]  # view 0 is the identity
+    ttt_steps: int  # test-time training steps taken
+    ttt_seconds: float
+    ttt_loss: float | None  # main loss of the last test-time training step (None without one)
+
+    @property
+    def attempts(self) -> list[tuple[Grid, ...]]:
+        return [t.attempts for t in self.tests]
+
+    def to_json(self) -> dict:
+        return {
+            "attempts": [[[list(r) for r in g] for g in t.attempts] for t in self.tests],
+            "candidates": [[c.to_json() for c in t.candidates] for t in self.tests],
+            "views": [v.to_json() for v in self.views],
+            "ttt_steps": self.ttt_steps,
+            "ttt_seconds": self.ttt_seconds,
+            "ttt_loss": self.ttt_loss,
+        }
+
+
+# ---------------------------------------------------------------- prompts
+
+
+def _room(grid: Grid) -> int:
+    """Tokens a grid takes in any orientation (a transposed grid has one row end per column)."""
+    return len(grid) * len(grid[0]) + max(len(grid), len(grid[0]))
+
+
+def output_room(task: Task) -> int:
+    """Tokens kept free after a prompt: the largest grid of the task, plus the token that ends it."""
+    grids = [p.output for p in task.train] + [p.input for p in task.test]
+    return 1 + max(_room(g) for g in grids)
+
+
+def check_fits(task: Task, max_len: int) -> None:
+    """TaskError when a test input, with room for its output, cannot fit the context."""
+    room = output_room(task)
+    for i, pair in enumerate(task.test):
+        need = 3 + _room(pair.input) + room  # BOS IN input OUT, then the output
+        if need > max_len:
+            h, w = len(pair.input), len(pair.input[0])
+            raise TaskError(
+                f"{task.id}: test[{i}] needs {need} tokens (a {h}×{w} input and room for the output), "
+                f"the model's context holds {max_len}"
+            )
+
+
+def prompt(task: Task, test_index: int, max_len: int) -> Sequence:
+    """Test input `test_index` as a prompt to decode from, demos dropped until `output_room` is left free."""
+    return encode_task(task, test_index, max_len=max_len - output_room(task), answer=False)
+
+
+# ---------------------------------------------------------------- test-time training
+
+
+def _fits(task: Task, max_len: int) -> bool:
+    try:
+        encode_task(task, max_len=max_len)
+    except TaskError:
+        return False
+    return True
+
+
+def fine_tune(
+    model: TinyONN, task: Task, cfg: SolveConfig, on_progress: Progress | None = None
+) -> tuple[TinyONN, int, float, float | None]:
+    """(a fine-tuned deep copy of `model`, steps taken, seconds, last main loss); the model itself when switched
+    off or when the task has no pseudo-task that fits (fewer than two demos)."""
+    max_len = model.cfg.max_len
+    pool = [Example(t, 0) for t in leave_one_out(task) if _fits(t, max_len)]
+    if cfg.ttt_steps == 0 or not pool:
+        return model, 0, 0.0, None
+    device = next(model.parameters()).device
+    tuned = copy.deepcopy(model).train()
+    train_cfg = TrainConfig(
+        model=model.cfg, loss=cfg.loss, optimizer=cfg.optimizer, augment=cfg.augment,
+        batch_tokens=cfg.ttt_batch_tokens, steps=cfg.ttt_steps, grad_clip=cfg.grad_clip, seed=cfg.seed,
+    )  # fmt: skip
+    opt = make_optimizer(tuned, cfg.optimizer)
+    started, step, loss = time.perf_counter(), 0, None
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+        while step < cfg.ttt_steps:
+            elapsed = time.perf_counter() - started
+            if cfg.ttt_seconds and elapsed >= cfg.ttt_seconds:
+                break
+            rng = np.random.default_rng([cfg.seed, step])
+            torch_seed = int(rng.integers(2**62))
+            torch.manual_seed(torch_seed)  # the gate loss samples its tokens from the global RNG
+            generator = torch.Generator(device).manual_seed(torch_seed)  # GN's sampled labels
+            batch = sample_batch(pool, rng, cfg.ttt_batch_tokens, max_len, cfg.augment).to(device)
+            progress = max(step / cfg.ttt_steps, elapsed / cfg.ttt_seconds if cfg.ttt_seconds else 0.0)
+            for g in opt.param_groups:
+                g["lr"] = g["initial_lr"] * lr_factor(progress, step, 0, 0.1)
+            metrics = train_step(tuned, opt, batch, train_cfg, generator)
+            loss = metrics["main"]
+            step += 1
+            if on_progress is not None:
+                on_progress("ttt", step, cfg.ttt_steps)
+    return tuned.eval(), step, time.perf_counter() - started, loss
+
+
+# ---------------------------------------------------------------- views and voting
+
+
+def choose_views(task: Task, n: int, seed: int) -> list[Augmentation]:
+    """View 0 is the task as given; the others are random whole-task augmentations (seeded)."""
+    rng = np.random.default_rng([seed, 1 << 20])
+    return [Augmentation.identity(len(task.train))] + [Augmentation.random(rng, len(task.train)) for _ in range(n - 1)]
+
+
+def orient(values: np.ndarray, dihedral: int) -> np.ndarray:
+    """An (H, W) array of per-cell values moved the way `Augmentation.apply_grid` moves a grid's cells."""
+    return np.rot90(values.T if dihedral >= 4 else values, dihedral % 4)
+
+
+def vote(views: list[Augmentation], found: list[list[decode.Candidate]]) -> Answer:
+    """Rank the distinct grids that `found[v]` (candidates decoded in view v's orientation) map back to."""
+    hits: dict[Grid, list[tuple[int, decode.Candidate]]] = {}
+    for v, (view, candidates) in enumerate(zip(views, found, strict=True)):
+        for c in candidates:
+            hits.setdefault(view.invert_grid(c.grid), []).append((v, c))
+    ranked = sorted(
+        (Ranked(grid, len(h), sum(c.logprob for _, c in h), tuple(v for v, _ in h)) for grid, h in hits.items()),
+        key=lambda r: (-r.votes, -r.logprob),
+    )
+    if not ranked:
+        return Answer((), (), None, None)
+    best = hits[ranked[0].grid]
+
+    def mean_map(field: str) -> np.ndarray:
+        return np.mean([orient(getattr(c, field), INVERSE_DIHEDRAL[views[v].dihedral]) for v, c in best], axis=0)
+
+    return Answer(tuple(r.grid for r in ranked[:2]), tuple(ranked), mean_map("confidence"), mean_map("activation"))
+
+
+def decode_view(model: TinyONN, task: Task, test_index: int, cfg: SolveConfig) -> list[decode.Candidate]:
+    """Candidates for one test input of a (possibly augmented) task, in that task's orientation."""
+    seq = prompt(task, test_index, model.cfg.max_len)
+    if cfg.sampler == "dfs":
+        return decode.dfs(model, seq, cfg.min_prob, cfg.max_candidates)
+    return decode.greedy(model, seq)
+
+
+def solve_task(model: TinyONN, task: Task, cfg: SolveConfig, on_progress: Progress | None = None) -> Solution:
+    """Test-time training on a copy of `model`, then decoding in `cfg.views` views and voting. The task's test
+    outputs, if any, are never used. TaskError when a test input cannot fit the context."""
+    check_fits(task, model.cfg.max_len)
+    tuned, steps, seconds, loss = fine_tune(model, task, cfg, on_progress)
+    views = choose_views(task, cfg.views, cfg.seed)
+    found: list[list[list[decode.Candidate]]] = [[] for _ in task.test]  # [test][view] -> candidates
+    total = len(views) * len(task.test)
+    for v, view in enumerate(views):
+        seen = view.apply(task)
+        for i in range(len(task.test)):
+            found[i].append(decode_view(tuned, seen, i, cfg))
+            if on_progress is not None:
+                on_progress("decode", v * len(task.test) + i + 1, total)
+    tests = tuple(vote(views, per_view) for per_view in found)
+    return Solution(task.id, tests, tuple(views), steps, seconds, loss)

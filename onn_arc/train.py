@@ -1,0 +1,371 @@
+"""Teacher-forced training on ARC tasks (the library side of `onn-arc train`).
+
+Every step draws tasks, applies one random whole-task augmentation to each,
+encodes them (DESIGN §3) and packs them into a batch of at most `batch_tokens`
+padded tokens, then takes one optimizer step on the DESIGN §5 losses.
+
+Determinism and resumption: the data of step s on rank r comes from a generator
+seeded with (seed, s, r), and so does the torch RNG, so the step number is the
+whole data cursor. A run stopped and resumed from a checkpoint ends with the
+same weights as one never stopped (step budgets; a wall-clock budget stops
+wherever the time runs out).
+
+Distributed data parallel (torchrun): each rank draws its own batch, gradients
+and Gauss-Newton statistics are averaged with all-reduce before the update, and
+only rank 0 writes checkpoints and metrics.
+"""
+
+import json
+import math
+import os
+import signal
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager, nullcontext
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.distributed as dist
+
+from onn_arc.augment import Augmentation
+from onn_arc.checkpoint import TrainingData, load_checkpoint, save_checkpoint
+from onn_arc.config import AugmentConfig, OptimizerConfig, TrainConfig
+from onn_arc.data import Pair, Task, load_source
+from onn_arc.errors import ConfigError, TaskError, TrainingError
+from onn_arc.losses import forward_backward
+from onn_arc.model import TinyONN
+from onn_arc.optim import GaussNewton
+from onn_arc.tokens import Batch, collate, encode_task
+
+EVAL_SPLITS = ("arc1-eval", "arc2-eval")
+
+
+# ---------------------------------------------------------------- data
+
+
+@dataclass(frozen=True)
+class Example:
+    """One training sequence before augmentation: a task and which test pair goes last."""
+
+    task: Task
+    test_index: int
+
+
+def leave_one_out(task: Task) -> list[Task]:
+    """Pseudo-tasks from a task's demos alone: each demo in turn becomes the test pair.
+
+    The task's own test pairs are dropped, so their outputs are never seen.
+    """
+    if len(task.train) < 2:
+        return []
+    return [
+        Task(id=task.id, train=task.train[:i] + task.train[i + 1 :], test=(Pair(input=p.input, output=p.output),))
+        for i, p in enumerate(task.train)
+    ]
+
+
+def build_pool(sources: list[str], demo_sources: list[str]) -> tuple[list[Example], TrainingData]:
+    """Examples from `sources` (demos and test outputs) and `demo_sources` (demos only), and their provenance."""
+    for name in sources:
+        if name in EVAL_SPLITS:
+            raise ConfigError(
+                f"refusing to train on the test outputs of evaluation split '{name}'; "
+                f"use it as a demo source (--demo-source {name}) to train on its demos only"
+            )
+    pool: list[Example] = []
+    seen_ids: list[str] = []
+    n_tasks = 0
+    for name in sources:
+        for task in load_source(name):
+            n_tasks += 1
+            if task.has_test_outputs:
+                pool += [Example(task, i) for i in range(len(task.test))]
+                seen_ids.append(task.id)
+            else:
+                pool += [Example(t, 0) for t in leave_one_out(task)]
+    for name in demo_sources:
+        for task in load_source(name):
+            n_tasks += 1
+            pool += [Example(t, 0) for t in leave_one_out(task)]
+    if not pool:
+        raise ConfigError(f"no training examples in sources {sources + demo_sources}")
+    data = TrainingData(
+        sources=list(dict.fromkeys(sources + demo_sources)),
+        test_outputs_from=list(dict.fromkeys(sources)),
+        demos_only=list(dict.fromkeys(demo_sources)),
+        task_ids_with_test_outputs=seen_ids,
+        n_tasks=n_tasks,
+    )
+    return pool, data
+
+
+def sample_batch(
+    pool: list[Example], rng: np.random.Generator, batch_tokens: int, max_len: int, augment: AugmentConfig
+) -> Batch:
+    """Draw augmented examples until one more would push the padded batch past `batch_tokens`."""
+    seqs = []
+    longest = 0
+    for _ in range(100 * len(pool)):
+        ex = pool[int(rng.integers(len(pool)))]
+        aug = Augmentation.random(
+            rng,
+            len(ex.task.train),
+            keep_background=augment.keep_background,
+            dihedral=augment.dihedral,
+            colours=augment.colours,
+            shuffle=augment.shuffle,
+        )
+        try:
+            seq = encode_task(aug.apply(ex.task), test_index=ex.test_index, max_len=max_len)
+        except TaskError:  # its test pair alone exceeds the context
+            continue
+        new_longest = max(longest, len(seq))
+        if seqs and new_longest * (len(seqs) + 1) > batch_tokens:
+            break
+        seqs.append(seq)
+        longest = new_longest
+    if not seqs:
+        raise ConfigError(f"no training example fits a context of {max_len} tokens")
+    return collate(seqs)
+
+
+# ---------------------------------------------------------------- optimisation
+
+
+def make_optimizer(model: TinyONN, cfg: OptimizerConfig) -> torch.optim.Optimizer:
+    """AdamW, or GaussNewton preconditioning the model's tapped weight matrices (AdamW for the rest)."""
+    groups = model.param_groups(cfg.weight_decay)
+    for g in groups:
+        g["initial_lr"] = cfg.lr
+    if cfg.name == "adamw":
+        return torch.optim.AdamW(groups, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2))
+    return GaussNewton(
+        groups,
+        layers=model.tapped_layers(),
+        lr=cfg.lr,
+        betas=(cfg.beta1, cfg.beta2),
+        damping=cfg.damping,
+        stat_decay=cfg.stat_decay,
+        curvature_every=cfg.curvature_every,
+        precondition_every=cfg.precondition_every,
+        start_step=cfg.start_step,
+    )
+
+
+def lr_factor(progress: float, step: int, warmup_steps: int, min_ratio: float) -> float:
+    """Linear warm-up over `warmup_steps`, then cosine decay to `min_ratio` at progress 1."""
+    warm = min(1.0, (step + 1) / warmup_steps) if warmup_steps else 1.0
+    cosine = 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+    return warm * (min_ratio + (1 - min_ratio) * cosine)
+
+
+def _all_reduce_mean(tensors: list[torch.Tensor]) -> None:
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return
+    world = dist.get_world_size()
+    for t in tensors:
+        dist.all_reduce(t)
+        t.div_(world)
+
+
+def train_step(
+    model: TinyONN,
+    opt: torch.optim.Optimizer,
+    batch: Batch,
+    cfg: TrainConfig,
+    generator: torch.Generator,
+) -> dict[str, float]:
+    """Gradients of the DESIGN §5 losses on `batch`, clipped, then one optimizer step.
+
+    A step whose loss or gradient is not finite is skipped (no update) and reported
+    with `skipped=1`.
+    """
+    capture, curvature = nullcontext(), None
+    if isinstance(opt, GaussNewton):
+        capture = opt.capture()
+        curvature = lambda logits, mask: opt.accumulate_curvature(logits, mask, generator)  # noqa: E731
+    metrics = forward_backward(model, batch, cfg.loss, capture=capture, curvature=curvature)
+    params = [p for p in model.parameters() if p.grad is not None]
+    _all_reduce_mean([p.grad for p in params])
+    if isinstance(opt, GaussNewton):
+        _all_reduce_mean(opt.step_statistics())
+    grad_norm = float(torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip))
+    metrics["grad_norm"] = grad_norm
+    finite = math.isfinite(grad_norm) and all(math.isfinite(v) for v in metrics.values())
+    if finite:
+        opt.step()
+    metrics["skipped"] = 0.0 if finite else 1.0
+    opt.zero_grad(set_to_none=True)
+    if not finite and isinstance(opt, GaussNewton):
+        opt.discard_step_statistics()
+    return metrics
+
+
+# ---------------------------------------------------------------- the run
+
+
+@contextmanager
+def _stop_on_signals() -> Iterator[Callable[[], bool]]:
+    """SIGINT/SIGTERM ask the loop to stop after the current step (a second SIGINT interrupts at once)."""
+    requested = []
+
+    def handler(signum, frame):
+        if requested and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        requested.append(signum)
+
+    previous = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield lambda: bool(requested)
+    finally:
+        for s, h in previous.items():
+            signal.signal(s, h)
+
+
+def _rank() -> tuple[int, int]:
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def _seeded(seed: int, step: int, rank: int, device: torch.device) -> tuple[np.random.Generator, torch.Generator]:
+    """The step's data generator and a torch generator (on `device`) for sampled labels, both from (seed, step, rank)."""
+    rng = np.random.default_rng([seed, step, rank])
+    torch_seed = int(rng.integers(2**62))
+    torch.manual_seed(torch_seed)
+    return rng, torch.Generator(device).manual_seed(torch_seed)
+
+
+@dataclass
+class RunPaths:
+    """A training run's folder: the latest checkpoint and the metrics log beside it."""
+
+    root: Path
+
+    @property
+    def checkpoint(self) -> Path:
+        return self.root / "checkpoint"
+
+    @property
+    def metrics(self) -> Path:
+        return self.root / "metrics.jsonl"
+
+
+def _trim_metrics(path: Path, last_step: int) -> None:
+    """Keep only the metric lines of steps a resumed run will not repeat."""
+    if not path.exists():
+        return
+    lines = [ln for ln in path.read_text().splitlines() if ln.strip() and json.loads(ln)["step"] <= last_step]
+    path.write_text("".join(ln + "\n" for ln in lines))
+
+
+@dataclass
+class Run:
+    """A training run ready to go: model, optimizer and where it stands."""
+
+    cfg: TrainConfig
+    paths: RunPaths
+    model: TinyONN
+    opt: torch.optim.Optimizer
+    pool: list[Example]
+    data: TrainingData
+    step: int = 0
+    elapsed: float = 0.0
+
+    def save(self, metrics: dict[str, float]) -> None:
+        """Atomically write the checkpoint with everything needed to resume (rank 0 only)."""
+        if _rank()[0] != 0:
+            return
+        state = {"optimizer": self.opt.state_dict(), "step": self.step, "elapsed": self.elapsed}
+        save_checkpoint(
+            self.paths.checkpoint,
+            self.model,
+            self.data,
+            self.step,
+            metrics,
+            train_config=self.cfg.model_dump(mode="json"),
+            train_state=state,
+        )
+
+    def fit(self, on_step: Callable[[int, dict[str, float]], None] | None = None) -> dict[str, float]:
+        """Train until the budget; returns the last step's metrics.
+
+        Saves a checkpoint every `checkpoint_every` steps, at the end, and when
+        SIGINT/SIGTERM asks it to stop. `on_step(step, metrics)` runs after every step.
+        """
+        cfg, model, opt = self.cfg, self.model, self.opt
+        rank, world = _rank()
+        device = next(model.parameters()).device
+        model.train()
+        metrics: dict[str, float] = {}
+        bad_in_a_row = 0
+        with _stop_on_signals() as stop_requested, open(self.paths.metrics, "a") if rank == 0 else nullcontext() as log:
+            while self.step < cfg.steps and not (cfg.seconds and self.elapsed >= cfg.seconds):
+                started = time.perf_counter()
+                rng, generator = _seeded(cfg.seed, self.step, rank, device)
+                batch = sample_batch(self.pool, rng, cfg.batch_tokens, cfg.model.max_len, cfg.augment).to(device)
+                progress = max(self.step / cfg.steps, self.elapsed / cfg.seconds if cfg.seconds else 0.0)
+                factor = lr_factor(progress, self.step, cfg.warmup_steps, cfg.min_lr_ratio)
+                for g in opt.param_groups:
+                    g["lr"] = g["initial_lr"] * factor
+                metrics = train_step(model, opt, batch, cfg, generator)
+                bad_in_a_row = bad_in_a_row + 1 if metrics["skipped"] else 0
+                if bad_in_a_row >= cfg.max_bad_steps:
+                    raise TrainingError(
+                        f"{bad_in_a_row} steps in a row had a non-finite loss or gradient (step {self.step}); "
+                        f"the last good checkpoint in {self.paths.checkpoint} is kept; try a lower --lr"
+                    )
+                self.step += 1
+                seconds = time.perf_counter() - started
+                self.elapsed += seconds
+                metrics |= {"lr": opt.param_groups[0]["lr"], "tok_s": batch.n_tokens * world / seconds}
+                if log is not None:
+                    log.write(json.dumps({"step": self.step, "elapsed": self.elapsed, **metrics}) + "\n")
+                    log.flush()
+                if on_step is not None:
+                    on_step(self.step, metrics)
+                if (self.step % cfg.checkpoint_every == 0 or stop_requested()) and not metrics["skipped"]:
+                    self.save(metrics)  # never over the last good checkpoint with a skipped step's metrics
+                if stop_requested():
+                    break
+            if self.step % cfg.checkpoint_every != 0 and not stop_requested() and not metrics.get("skipped"):
+                self.save(metrics)
+        return metrics
+
+
+def prepare(cfg: TrainConfig, out: Path, resume: bool = False, device: torch.device | str = "cpu") -> Run:
+    """Check the data and the run folder, build the model and optimizer, and restore them when resuming."""
+    rank, _ = _rank()
+    paths = RunPaths(Path(out))
+    if not resume and paths.checkpoint.exists():
+        raise ConfigError(f"{paths.root}: already holds a run; pass --resume to continue it or choose another --out")
+    pool, data = build_pool(cfg.sources, cfg.demo_sources)
+    torch.manual_seed(cfg.seed)
+    model = TinyONN(cfg.model).to(device)
+    opt = make_optimizer(model, cfg.optimizer)
+    run = Run(cfg, paths, model, opt, pool, data)
+    if resume:
+        loaded = load_checkpoint(paths.checkpoint, device=device)
+        if loaded.train_state is None:
+            raise ConfigError(f"{paths.checkpoint}: has no training state to resume from")
+        model.load_state_dict(loaded.model.state_dict())
+        opt.load_state_dict(loaded.train_state["optimizer"])
+        run.step, run.elapsed = loaded.train_state["step"], loaded.train_state["elapsed"]
+        if rank == 0:
+            _trim_metrics(paths.metrics, run.step)
+    if rank == 0:
+        paths.root.mkdir(parents=True, exist_ok=True)
+    return run
+
+
+def resolve_device(name: str) -> torch.device:
+    """'cpu', 'cuda' or 'auto' (CUDA when available); under torchrun each rank takes its LOCAL_RANK GPU."""
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    if name == "cuda":
+        if not torch.cuda.is_available():
+            raise ConfigError("--device cuda: no CUDA device is available")
+        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
+    return torch.device(name)

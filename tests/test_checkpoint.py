@@ -1,0 +1,356 @@
+"""Checkpoints: bit-exact round trips, atomic overwrites and crashes, one-line errors, provenance, `inspect`."""
+
+import json
+import random
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from pydantic import ValidationError
+from typer.testing import CliRunner
+
+import onn_arc.cli.inspect  # noqa: F401  (registers the command)
+from onn_arc import checkpoint
+from onn_arc.checkpoint import (
+    TrainingData,
+    default_checkpoint,
+    flatten_state,
+    load_checkpoint,
+    save_checkpoint,
+    unflatten_state,
+)
+from onn_arc.cli.app import app
+from onn_arc.config import ModelConfig
+from onn_arc.data import parse_task
+from onn_arc.errors import CheckpointError
+from onn_arc.model import TinyONN
+
+DATA = TrainingData(
+    sources=["arc1-train", "arc1-eval"],
+    test_outputs_from=["arc1-train"],
+    demos_only=["arc1-eval"],
+    task_ids_with_test_outputs=["b", "a"],
+    n_tasks=2,
+)
+
+
+def tiny(**overrides) -> TinyONN:
+    return TinyONN(ModelConfig.preset("tiny", **overrides))
+
+
+def trained_state(model: TinyONN) -> tuple[torch.optim.AdamW, dict]:
+    """An AdamW that has taken a step, and a train state holding it, every RNG and a data cursor."""
+    opt = torch.optim.AdamW(model.param_groups(0.1), lr=1e-3)
+    tokens = torch.randint(0, 10, (1, 8))
+    model(tokens, tokens % 3, tokens % 4, torch.arange(8)[None]).square().mean().backward()
+    opt.step()
+    opt.zero_grad()
+    rng = np.random.default_rng(123)
+    rng.integers(10)
+    state = {
+        "optimizer": opt.state_dict(),
+        "torch_rng": torch.get_rng_state(),
+        "numpy_rng": rng.bit_generator.state,  # PCG64: 128-bit Python ints
+        "python_rng": random.Random(7).getstate(),  # (3, tuple of 625 ints, None)
+        "cursor": {"epoch": 2, "order": [3, 1, 2], "offset": (5, 0.25)},
+    }
+    return opt, state
+
+
+@pytest.fixture
+def saved(tmp_path: Path) -> tuple[Path, TinyONN]:
+    model = tiny()
+    folder = save_checkpoint(tmp_path / "ckpt", model, DATA, step=3, metrics={"main": 0.5})
+    return folder, model
+
+
+def same_weights(a: torch.nn.Module, b: torch.nn.Module) -> bool:
+    sa, sb = a.state_dict(), b.state_dict()
+    return sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)
+
+
+def one_line_error(folder: Path, match: str) -> str:
+    with pytest.raises(CheckpointError) as info:
+        load_checkpoint(folder)
+    message = str(info.value)
+    assert "\n" not in message and str(folder) in message
+    assert match in message, message
+    return message
+
+
+# ---------------------------------------------------------------- round trips
+
+
+def test_round_trip_is_bit_exact(tmp_path: Path):
+    model = tiny()
+    opt, state = trained_state(model)
+    metrics = {"main": 0.4125, "acc": 0.875, "tokens": 1024, "kl": float("inf")}
+    train_config = {"lr": 1e-3, "optimizer": "adamw", "steps": [1, 2]}
+    save_checkpoint(tmp_path / "ckpt", model, DATA, step=42, metrics=metrics, train_config=train_config, train_state=state)
+
+    loaded = load_checkpoint(tmp_path / "ckpt")
+    assert same_weights(model, loaded.model) and not loaded.model.training
+    meta = loaded.meta
+    assert (meta.model, meta.data, meta.step, meta.metrics, meta.train_config) == (model.cfg, DATA, 42, metrics, train_config)
+    assert type(meta.metrics["tokens"]) is int
+    got = loaded.train_state
+    assert got["python_rng"] == state["python_rng"] and type(got["python_rng"][1]) is tuple
+    assert got["numpy_rng"] == state["numpy_rng"]
+    assert torch.equal(got["torch_rng"], state["torch_rng"])
+    assert got["cursor"] == state["cursor"] and type(got["cursor"]["offset"]) is tuple
+
+    # the restored optimizer takes exactly the step the original takes
+    resumed = torch.optim.AdamW(loaded.model.param_groups(0.1), lr=1e-3)
+    resumed.load_state_dict(got["optimizer"])
+    for m, o in ((model, opt), (loaded.model, resumed)):
+        torch.manual_seed(1)
+        tokens = torch.randint(0, 10, (1, 8))
+        m(tokens, tokens % 3, tokens % 4, torch.arange(8)[None]).square().mean().backward()
+        o.step()
+    assert same_weights(model, loaded.model)
+
+
+def test_restored_rngs_draw_the_same_numbers(tmp_path: Path):
+    model = tiny()
+    rng = np.random.default_rng(5)
+    state = {"numpy": rng.bit_generator.state, "python": random.getstate(), "torch": torch.get_rng_state()}
+    expected = (rng.random(3).tolist(), [random.random() for _ in range(3)], torch.rand(3))
+    save_checkpoint(tmp_path / "ckpt", model, DATA, 0, {}, train_state=state)
+    got = load_checkpoint(tmp_path / "ckpt").train_state
+    rng = np.random.default_rng()
+    rng.bit_generator.state = got["numpy"]
+    random.setstate(got["python"])
+    torch.set_rng_state(got["torch"])
+    assert rng.random(3).tolist() == expected[0]
+    assert [random.random() for _ in range(3)] == expected[1]
+    assert torch.equal(torch.rand(3), expected[2])
+
+
+scalars = st.none() | st.booleans() | st.integers(-(2**130), 2**130) | st.floats(allow_nan=False) | st.text(max_size=5)
+keys = st.none() | st.booleans() | st.integers() | st.text(max_size=5)
+states = st.recursive(
+    scalars,
+    lambda inner: st.lists(inner, max_size=3)
+    | st.lists(inner, max_size=3).map(tuple)
+    | st.dictionaries(keys, inner, max_size=3),
+    max_leaves=12,
+)
+
+
+@settings(max_examples=40, deadline=None)
+@given(states)
+def test_flatten_round_trips_any_nested_state(state):
+    tensors, structure = flatten_state(state)
+    restored = unflatten_state(tensors, json.loads(json.dumps(structure)))
+    assert restored == state and repr(restored) == repr(state)  # repr tells 1 from 1.0 and True, tuples from lists
+
+
+def test_flatten_keeps_tensors_and_arrays_apart_and_rejects_unknown_types():
+    state = {"t": torch.arange(3), "a": np.arange(4, dtype=np.uint32), 0: [torch.zeros(2, 0)]}
+    tensors, structure = flatten_state(state)
+    restored = unflatten_state(tensors, json.loads(json.dumps(structure)))
+    assert torch.equal(restored["t"], state["t"]) and isinstance(restored["a"], np.ndarray)
+    assert restored["a"].dtype == np.uint32 and (restored["a"] == state["a"]).all()
+    assert restored[0][0].shape == (2, 0)
+    with pytest.raises(TypeError, match="set"):
+        flatten_state({"x": {1, 2}})
+
+
+# ---------------------------------------------------------------- atomic writes
+
+
+def leftovers(folder: Path) -> list[str]:
+    return sorted(p.name for p in folder.parent.iterdir() if p.name != folder.name)
+
+
+def test_overwrite_replaces_the_checkpoint_and_leaves_nothing_behind(saved):
+    folder, _ = saved
+    newer = tiny()
+    save_checkpoint(folder, newer, DATA, step=9, metrics={})
+    loaded = load_checkpoint(folder)
+    assert loaded.meta.step == 9 and same_weights(newer, loaded.model)
+    assert leftovers(folder) == []
+
+
+def test_crash_while_writing_keeps_the_old_checkpoint(saved, monkeypatch):
+    folder, old = saved
+    calls = []
+    real_write = checkpoint._write_bytes
+
+    def failing_write(path, data):
+        calls.append(path)
+        if len(calls) == 2:
+            path.write_bytes(data[: len(data) // 2])
+            raise OSError("disk full")
+        real_write(path, data)
+
+    monkeypatch.setattr(checkpoint, "_write_bytes", failing_write)
+    with pytest.raises(OSError, match="disk full"):
+        save_checkpoint(folder, tiny(), DATA, step=9, metrics={}, train_state={"x": torch.ones(3)})
+    loaded = load_checkpoint(folder)
+    assert loaded.meta.step == 3 and same_weights(old, loaded.model)
+    assert leftovers(folder) == []
+
+
+def test_crash_between_the_renames_is_recovered(saved, monkeypatch):
+    folder, old = saved
+    real_replace = checkpoint.os.replace
+    calls = []
+
+    def crash_on_second(src, dst):
+        calls.append(src)
+        if len(calls) == 2:
+            raise KeyboardInterrupt  # the process dies after moving the old checkpoint aside
+        real_replace(src, dst)
+
+    monkeypatch.setattr(checkpoint.os, "replace", crash_on_second)
+    with pytest.raises(KeyboardInterrupt):
+        save_checkpoint(folder, tiny(), DATA, step=9, metrics={})
+    monkeypatch.setattr(checkpoint.os, "replace", real_replace)
+
+    assert not folder.exists()
+    loaded = load_checkpoint(folder)  # read from the backup
+    assert loaded.meta.step == 3 and same_weights(old, loaded.model)
+    assert loaded.folder == folder.with_name(f".{folder.name}.old")
+
+    newer = tiny()
+    save_checkpoint(folder, newer, DATA, step=10, metrics={})
+    assert same_weights(newer, load_checkpoint(folder).model)
+    assert leftovers(folder) == []
+
+
+def test_save_refuses_to_replace_a_folder_that_is_not_a_checkpoint(tmp_path: Path):
+    (tmp_path / "notes.txt").write_text("precious")
+    with pytest.raises(CheckpointError, match="not a checkpoint"):
+        save_checkpoint(tmp_path, tiny(), DATA, 0, {})
+    assert (tmp_path / "notes.txt").read_text() == "precious"
+
+
+# ---------------------------------------------------------------- one-line errors
+
+
+def edit_meta(folder: Path, edit) -> None:
+    path = folder / "checkpoint.json"
+    meta = json.loads(path.read_text())
+    edit(meta)
+    path.write_text(json.dumps(meta))
+
+
+def flip_last_byte(path: Path) -> None:
+    blob = bytearray(path.read_bytes())
+    blob[-1] ^= 0xFF
+    path.write_bytes(bytes(blob))
+
+
+def test_missing_and_non_checkpoint_folders(tmp_path: Path):
+    one_line_error(tmp_path / "nowhere", "no such checkpoint folder")
+    (tmp_path / "random").mkdir()
+    (tmp_path / "random" / "weights.bin").write_bytes(b"\0")
+    one_line_error(tmp_path / "random", "not a checkpoint")
+
+
+@pytest.mark.parametrize(
+    ("damage", "match"),
+    [
+        (lambda f: (f / "model.safetensors").unlink(), "model.safetensors is missing"),
+        (lambda f: (f / "model.safetensors").write_bytes((f / "model.safetensors").read_bytes()[:-7]), "truncated or corrupt"),
+        (lambda f: flip_last_byte(f / "model.safetensors"), "model.safetensors was modified after saving"),
+        (lambda f: (f / "checkpoint.json").write_text('{"format_version": 1,'), "not valid JSON"),
+        (lambda f: edit_meta(f, lambda m: m.update(format_version=99)), "format version 99"),
+        (lambda f: edit_meta(f, lambda m: m["model"].update(d_model=-4)), "model.d_model"),
+        (lambda f: edit_meta(f, lambda m: m["model"].update(d_model=24)), "has shape"),
+        (lambda f: edit_meta(f, lambda m: m["model"].update(n_layers=2)), "lacks"),
+        (lambda f: edit_meta(f, lambda m: m["data"].pop("sources")), "data.sources"),
+        (lambda f: edit_meta(f, lambda m: m["files"].pop("model.safetensors")), "does not list model.safetensors"),
+    ],
+    ids=["missing", "truncated", "tampered", "not-json", "format", "bad-config", "shape", "missing-tensors",
+         "bad-provenance", "unlisted"],
+)
+def test_damaged_checkpoints_give_one_line(saved, damage, match):
+    folder, _ = saved
+    damage(folder)
+    one_line_error(folder, match)
+
+
+def test_unexpected_tensors_and_a_tampered_train_state(tmp_path: Path):
+    folder = save_checkpoint(tmp_path / "two", tiny(n_layers=2), DATA, 0, {}, train_state={"x": torch.ones(3)})
+    flip_last_byte(folder / "train_state.safetensors")
+    one_line_error(folder, "train_state.safetensors was modified after saving")
+    edit_meta(folder, lambda m: m["model"].update(n_layers=1))
+    one_line_error(folder, "the config does not")
+
+
+def test_default_checkpoint_lives_in_the_repo(tmp_path: Path, monkeypatch):
+    assert checkpoint.REPO_ROOT / "onn_arc" == Path(checkpoint.__file__).resolve().parent
+    monkeypatch.setattr(checkpoint, "REPO_ROOT", tmp_path)
+    with pytest.raises(CheckpointError, match="onn-arc train"):
+        default_checkpoint()
+    save_checkpoint(tmp_path / "checkpoints" / "default", tiny(), DATA, 0, {})
+    assert load_checkpoint(default_checkpoint()).meta.data == DATA
+
+
+# ---------------------------------------------------------------- provenance
+
+
+def task(task_id: str):
+    return parse_task({"train": [{"input": [[1]], "output": [[2]]}], "test": [{"input": [[3]]}]}, task_id, "test")
+
+
+def test_leaks_into_names_tasks_whose_test_outputs_were_seen():
+    assert DATA.task_ids_with_test_outputs == ["a", "b"]  # kept sorted
+    assert DATA.leaks_into([task("c"), task("b"), task("a")]) == ["b", "a"]
+    assert DATA.leaks_into([task("c")]) == []
+
+
+def test_provenance_names_only_listed_sources():
+    with pytest.raises(ValidationError, match="arc2-train"):
+        TrainingData(sources=["arc1-train"], test_outputs_from=["arc2-train"], demos_only=[], task_ids_with_test_outputs=[], n_tasks=0)
+
+
+# ---------------------------------------------------------------- inspect
+
+
+def test_inspect_shows_config_parameters_provenance_and_activation(saved):
+    folder, model = saved
+    result = CliRunner().invoke(app, ["inspect", str(folder), "--tasks", "1"])
+    assert result.exit_code == 0, result.output
+    for title in ("checkpoint", "parameters", "training", "SBL activation", "arc1-train", "blocks.0.ffn.up"):
+        assert title in result.stdout
+
+    result = CliRunner().invoke(app, ["inspect", str(folder), "--tasks", "1", "--json"])
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout)
+    params = report["parameters"]
+    assert params["total"] == model.num_params() == sum(params[k] for k in ("matrices", "sigma", "gate", "other"))
+    assert params["sigma"] == params["matrices"]  # every SBL has a sigma the shape of its mu
+    layers = report["activation"]["layers"]
+    assert [layer["name"] for layer in layers] == [name for name, _ in model.routed_layers()]
+    assert all(0 <= layer["rate"] <= 1 and 0 <= layer["dead"] <= layer["units"] for layer in layers)
+    assert report["step"] == 3 and report["data"]["sources"] == DATA.sources
+
+
+def test_inspect_dense_baseline(tmp_path: Path):
+    folder = save_checkpoint(tmp_path / "dense", tiny(arch="dense"), DATA, 0, {})
+    result = CliRunner().invoke(app, ["inspect", str(folder)])
+    assert result.exit_code == 0, result.output
+    assert "dense" in result.stdout and "1.0" in result.stdout
+    report = json.loads(CliRunner().invoke(app, ["inspect", str(folder), "--json"]).stdout)
+    assert report["activation"]["mean_rate"] == 1.0 and report["parameters"]["sigma"] == 0
+
+
+def test_inspect_bad_path_is_one_line(tmp_path: Path):
+    result = CliRunner().invoke(app, ["inspect", str(tmp_path / "missing")])
+    assert result.exit_code == 1
+    assert "Traceback" not in result.output
+    assert len(result.stderr.strip().splitlines()) == 1 and "no such checkpoint folder" in result.stderr
+
+
+def test_inspect_reports_a_corrupt_checkpoint(saved):
+    folder, _ = saved
+    shutil.copy(folder / "checkpoint.json", folder / "model.safetensors")
+    result = CliRunner().invoke(app, ["inspect", str(folder)])
+    assert result.exit_code == 1 and "truncated or corrupt" in result.stderr

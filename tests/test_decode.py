@@ -1,0 +1,191 @@
+"""Decoding: cached greedy vs full forward passes, depth-first search vs exhaustive enumeration, grid prefixes."""
+
+import itertools
+import math
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import given
+from hypothesis import strategies as st
+
+from onn_arc import decode
+from onn_arc.config import ModelConfig
+from onn_arc.data import Pair, parse_task
+from onn_arc.errors import GridError
+from onn_arc.model import TinyONN
+from onn_arc.tokens import EOS, N_COLOURS, ROW, collate, decode_grid, encode_task, next_coordinate
+
+TASK = parse_task(
+    {
+        "train": [{"input": [[1, 2]], "output": [[2, 1]]}, {"input": [[3, 0]], "output": [[0, 3]]}],
+        "test": [{"input": [[4, 5]], "output": [[5, 4]]}],
+    },
+    "swap",
+    "test",
+)
+GRID_CHOICES = [*range(N_COLOURS), ROW]
+
+
+def peaky_model(seed: int, arch: str = "onn") -> TinyONN:
+    """A random tiny model with a sharpened head, so probabilities spread over many orders of magnitude."""
+    torch.manual_seed(seed)
+    model = TinyONN(ModelConfig.preset("tiny", arch=arch)).eval()
+    with torch.no_grad():
+        model.head.weight.mul_(4)
+        for _, layer in model.routed_layers():
+            layer.gate.normal_(0.0, 0.5)  # some units closed (at init every unit fires)
+    return model
+
+
+def choice_logprobs(logits: torch.Tensor) -> dict[int, float]:
+    """Reference: log p of each colour and ROW, and of the end (every other token together)."""
+    lp = torch.log_softmax(logits.double(), -1)
+    others = [t for t in range(len(lp)) if t not in GRID_CHOICES]
+    return {t: lp[t].item() for t in GRID_CHOICES} | {EOS: torch.logsumexp(lp[others], 0).item()}
+
+
+def full_forward_choices(model: TinyONN, prompt, generated: list[int]) -> tuple[dict[int, float], float]:
+    """Choices after `generated` and the mean activation rate there, from one uncached forward pass."""
+    coords = [next_coordinate(generated[:k]) for k in range(len(generated))]
+    tokens = np.concatenate([prompt.tokens, generated]).astype(np.int64)
+    rows = np.concatenate([prompt.rows, [r for r, _ in coords]]).astype(np.int64)
+    cols = np.concatenate([prompt.cols, [c for _, c in coords]]).astype(np.int64)
+    args = (torch.as_tensor(a)[None] for a in (tokens, rows, cols, np.arange(len(tokens))))
+    with torch.no_grad():
+        logits = model(*args)
+    rates = [layer.last_rate[0, -1].item() for _, layer in model.routed_layers()]
+    return choice_logprobs(logits[0, -1]), float(np.mean(rates)) if rates else 1.0
+
+
+@pytest.mark.parametrize("arch", ["onn", "dense"])
+@pytest.mark.parametrize("seed", [1, 3])
+def test_greedy_over_the_cache_equals_argmax_over_full_forward_passes(seed, arch):
+    model = peaky_model(seed, arch)
+    prompt = encode_task(TASK, answer=False)
+    (found,) = decode.greedy(model, prompt)
+    generated, total, probs, rates = [], 0.0, [], []
+    while not generated or generated[-1] != EOS:
+        choices, rate = full_forward_choices(model, prompt, generated)
+        shape = (0, 0, 0)
+        for t in generated:
+            shape = decode.extend(shape, t)
+        allowed = {t: lp for t, lp in choices.items() if decode.extend(shape, t) is not None}
+        token = max(allowed, key=allowed.get)
+        if token < N_COLOURS:
+            probs.append(math.exp(allowed[token]))
+            rates.append(rate)
+        generated.append(token)
+        total += allowed[token]
+    assert found.tokens == tuple(generated)
+    assert found.grid == decode_grid(generated)
+    assert found.logprob == pytest.approx(total, abs=1e-4)
+    shape = (len(found.grid), len(found.grid[0]))
+    np.testing.assert_allclose(found.confidence, np.reshape(probs, shape), rtol=1e-4)
+    np.testing.assert_allclose(found.activation, np.reshape(rates, shape), rtol=1e-5)
+    assert np.all(found.activation == 1.0) if arch == "dense" else np.all((found.activation > 0) & (found.activation < 1))
+
+
+def all_grid_sequences(max_tokens: int) -> list[list[int]]:
+    """Every token sequence of at most `max_tokens` (END included) that writes a valid grid."""
+    found = []
+    for height in range(1, max_tokens):
+        for width in range(1, max_tokens):
+            if height * (width + 1) + 1 > max_tokens:
+                continue
+            for cells in itertools.product(range(N_COLOURS), repeat=height * width):
+                rows = [list(cells[r * width : (r + 1) * width]) + [ROW] for r in range(height)]
+                found.append([t for row in rows for t in row] + [EOS])
+    return found
+
+
+def exhaustive_logprobs(model: TinyONN, sequences: list[list[int]]) -> list[float]:
+    """Teacher-forced log-probabilities of each grid as the task's test output, uncached, in one batch."""
+    seqs = []
+    for generated in sequences:
+        grid = decode_grid(generated)
+        task = TASK.model_copy(update={"test": (Pair(input=TASK.test[0].input, output=grid),)})
+        seqs.append(encode_task(task, answer=True))
+    start = len(encode_task(TASK, answer=False))
+    batch = collate(seqs)
+    with torch.no_grad():
+        logits = model(batch.tokens, batch.rows, batch.cols, batch.pos)  # (B, T, V)
+    totals = []
+    for b, generated in enumerate(sequences):
+        steps = [choice_logprobs(logits[b, start - 1 + k]) for k in range(len(generated))]
+        assert batch.tokens[b, start + len(generated) - 1] == EOS  # the layout matches the decoder's
+        totals.append(sum(step[t] for step, t in zip(steps, generated)))
+    return totals
+
+
+@pytest.mark.parametrize("seed,min_prob", [(1, 1e-3), (3, 2e-4), (5, 1e-4)])
+def test_dfs_with_cache_cropping_equals_exhaustive_enumeration(seed, min_prob):
+    model = peaky_model(seed)
+    max_tokens = 5  # grids 1×1, 1×2, 1×3 and 2×1: 1210 sequences
+    sequences = all_grid_sequences(max_tokens)
+    assert len(sequences) == 10 + 100 + 1000 + 100
+    reference = dict(zip(map(tuple, sequences), exhaustive_logprobs(model, sequences)))
+
+    found = decode.dfs(model, encode_task(TASK, answer=False), min_prob, max_candidates=10_000, max_tokens=max_tokens)
+    by_tokens = {c.tokens: c for c in found}
+    assert len(by_tokens) == len(found) >= 3
+    assert len({len(t) for t in by_tokens}) >= 2  # the search branched to different depths
+    floor, margin = math.log(min_prob), 1e-4
+    for tokens, lp in reference.items():
+        if lp >= floor + margin:
+            assert tokens in by_tokens, f"dfs missed {tokens} (log p {lp:.4f})"
+        if tokens in by_tokens:
+            assert lp >= floor - margin
+            assert by_tokens[tokens].logprob == pytest.approx(lp, abs=1e-4)
+    assert [c.logprob for c in found] == sorted((c.logprob for c in found), reverse=True)
+
+
+def test_dfs_stops_at_max_candidates_and_rejects_a_bad_floor():
+    model = peaky_model(1)
+    prompt = encode_task(TASK, answer=False)
+    assert len(decode.dfs(model, prompt, 1e-3, max_candidates=2, max_tokens=5)) == 2
+    with pytest.raises(ValueError, match="min_prob"):
+        decode.dfs(model, prompt, 0.0)
+
+
+def test_decoding_stops_where_the_context_ends():
+    model = peaky_model(2)
+    prompt = encode_task(TASK, answer=False)
+    small = TinyONN(model.cfg.model_copy(update={"max_len": len(prompt) + 2}))
+    small.load_state_dict(model.state_dict())
+    assert all(len(c.tokens) <= 3 for c in decode.dfs(small.eval(), prompt, 1e-6, max_candidates=100))
+    assert all(len(c.tokens) <= 3 for c in decode.greedy(small.eval(), prompt))
+
+
+def fold(tokens: list[int]):
+    shape = (0, 0, 0)
+    for t in tokens:
+        shape = decode.extend(shape, t)
+        if shape is None:
+            return None
+    return shape
+
+
+@given(st.lists(st.sampled_from([0, 1, ROW]), max_size=14))
+def test_extend_accepts_exactly_the_valid_grids_and_never_dead_ends(tokens):
+    shape = fold(tokens)
+    try:
+        decode_grid(tokens + [EOS])
+        valid = True
+    except GridError:
+        valid = False
+    assert (shape is not None and decode.extend(shape, EOS) is not None) == valid
+    if shape is not None:
+        assert any(decode.extend(shape, t) is not None for t in decode.CHOICES)
+
+
+@pytest.mark.parametrize(
+    "rows,width,extra,ok",
+    [(30, 30, [], True), (1, 31, [], False), (31, 1, [], False), (30, 2, [5], False), (2, 3, [5, 5, 5, 5], False)],
+)
+def test_extend_enforces_the_size_limits(rows, width, extra, ok):
+    tokens = ([1] * width + [ROW]) * rows + extra
+    shape = fold(tokens)
+    assert (shape is not None and decode.extend(shape, EOS) is not None) == ok
+    if shape is not None:
+        assert any(decode.extend(shape, t) is not None for t in decode.CHOICES)

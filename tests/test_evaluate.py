@@ -1,0 +1,176 @@
+"""Evaluation: resumable runs give the same report, leakage and changed settings are refused, failed tasks are
+recorded, the teacher-forced loss, and `onn-arc eval` through CliRunner."""
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+from typer.testing import CliRunner
+
+import onn_arc.cli.eval  # noqa: F401  (registers the command)
+from onn_arc.checkpoint import TrainingData, load_checkpoint, save_checkpoint
+from onn_arc.cli.app import app
+from onn_arc.config import ModelConfig, OptimizerConfig, SolveConfig
+from onn_arc.data import load_source
+from onn_arc.errors import ConfigError, LeakageError
+from onn_arc.evaluate import REPORT, RESULTS, TIMING, evaluate, teacher_forced_loss
+from onn_arc.model import TinyONN
+from onn_arc.scoring import load_submission
+from onn_arc.tokens import encode_task, grid_length
+
+DATA = Path(__file__).resolve().parents[1] / "data"
+TASKS = load_source(str(DATA))  # 007bbfb7 (too long for a 64-token context), 25ff71a9 (2 tests), 6150a2bd, puzzle-no-answer
+CFG = SolveConfig(ttt_steps=2, ttt_batch_tokens=256, views=2, optimizer=OptimizerConfig(name="adamw", lr=1e-3))
+TRAINED_ON = TrainingData(
+    sources=["arc1-train"], test_outputs_from=["arc1-train"], demos_only=[], task_ids_with_test_outputs=["x"], n_tasks=1
+)
+
+
+def make_checkpoint(folder: Path, data: TrainingData = TRAINED_ON, seed: int = 0) -> Path:
+    torch.manual_seed(seed)
+    return save_checkpoint(folder, TinyONN(ModelConfig.preset("tiny", max_len=64)), data, step=0, metrics={})
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory) -> Path:
+    return make_checkpoint(tmp_path_factory.mktemp("ckpt") / "tiny")
+
+
+def without_timing(obj):
+    if isinstance(obj, dict):
+        return {k: without_timing(v) for k, v in obj.items() if k not in TIMING}
+    if isinstance(obj, list):
+        return [without_timing(v) for v in obj]
+    return obj
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(checkpoint, tmp_path_factory) -> tuple[Path, dict]:
+    out = tmp_path_factory.mktemp("full")
+    evaluation = evaluate(checkpoint, TASKS, CFG, out)
+    return out, evaluation.report
+
+
+def test_report_submission_and_failed_tasks(uninterrupted):
+    out, report = uninterrupted
+    assert json.loads((out / REPORT).read_text()) == report
+    rows = {row["task_id"]: row for row in report["tasks"]}
+    assert list(rows) == [t.id for t in TASKS]
+    assert "needs" in rows["007bbfb7"]["error"] and "context holds 64" in rows["007bbfb7"]["error"]
+    assert rows["007bbfb7"]["pass_at_2"] == 0 and rows["007bbfb7"]["attempts"] == [[]]
+    assert rows["25ff71a9"]["error"] is None and len(rows["25ff71a9"]["tests"]) == 2
+    assert rows["6150a2bd"]["ttt_steps"] == 2 and len(rows["6150a2bd"]["views"]) == 2
+    assert "tests" not in rows["puzzle-no-answer"] and rows["puzzle-no-answer"]["tf_loss"] == [None]
+    summary = report["summary"]
+    assert (summary["n_tasks"], summary["scored_tasks"], summary["failed"]) == (4, 3, 1)
+    assert summary["tf_loss"] > 0 and summary["seconds_per_task"] > 0
+    submission = load_submission(out / "submission.json")
+    assert list(submission) == [t.id for t in TASKS]
+    assert submission["007bbfb7"] == [(None, None)] and len(submission["25ff71a9"]) == 2
+    assert [list(map(list, g)) for g in submission["6150a2bd"][0] if g] == rows["6150a2bd"]["attempts"][0]
+
+
+def test_a_run_resumed_after_limit_1_gives_the_same_report(checkpoint, uninterrupted, tmp_path):
+    evaluate(checkpoint, TASKS[:1], CFG, tmp_path)  # like `--limit 1`
+    seen = []
+    report = evaluate(checkpoint, TASKS, CFG, tmp_path, on_task=seen.append).report
+    assert [(d.record["task_id"], d.resumed) for d in seen][0] == ("007bbfb7", True)
+    assert sorted(d.record["task_id"] for d in seen if not d.resumed) == sorted(t.id for t in TASKS[1:])
+    assert without_timing(report) == without_timing(uninterrupted[1])
+    assert len((tmp_path / RESULTS).read_text().splitlines()) == 4
+
+
+def test_a_run_killed_mid_task_and_mid_line_resumes_to_the_same_report(checkpoint, uninterrupted, tmp_path):
+    def crash(done):
+        if not done.resumed and done.record["task_id"] == "6150a2bd":
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        evaluate(checkpoint, TASKS, CFG, tmp_path, on_task=crash)
+    results = tmp_path / RESULTS
+    assert len(results.read_text().splitlines()) == 3 and not (tmp_path / REPORT).exists()
+    with open(results, "a") as f:
+        f.write('{"task_id": "puzzle-no-answer", "attem')  # a write cut short by the kill
+    report = evaluate(checkpoint, TASKS, CFG, tmp_path).report
+    assert without_timing(report) == without_timing(uninterrupted[1])
+    assert [json.loads(line)["task_id"] for line in results.read_text().splitlines()] == [t.id for t in TASKS]
+
+
+def test_a_rerun_with_other_settings_is_refused(checkpoint, tmp_path):
+    evaluate(checkpoint, TASKS[:1], CFG, tmp_path)
+    with pytest.raises(ConfigError, match=r"settings.json: .*\(solve.views was 2, now 3\)"):
+        evaluate(checkpoint, TASKS[:1], CFG.model_copy(update={"views": 3}), tmp_path)
+    evaluate(make_checkpoint(tmp_path / "copy"), TASKS[:1], CFG, tmp_path)  # the same weights elsewhere: allowed
+    with pytest.raises(ConfigError, match=r"\(weights_sha256 was '[0-9a-f]+', now '[0-9a-f]+'\)"):
+        evaluate(make_checkpoint(tmp_path / "other", seed=1), TASKS[:1], CFG, tmp_path)
+
+
+def test_a_checkpoint_trained_on_the_test_outputs_is_refused(tmp_path):
+    leaky = TrainingData(
+        sources=["mine"], test_outputs_from=["mine"], demos_only=[],
+        task_ids_with_test_outputs=["6150a2bd", "25ff71a9"], n_tasks=2,
+    )  # fmt: skip
+    folder = make_checkpoint(tmp_path / "leaky", leaky)
+    with pytest.raises(LeakageError) as info:
+        evaluate(folder, TASKS, CFG, tmp_path / "out")
+    message = str(info.value)
+    assert "\n" not in message and "2 of these 4 tasks" in message and "25ff71a9" in message and "mine" in message
+    assert not (tmp_path / "out").exists()
+
+
+def test_teacher_forced_loss_counts_only_the_true_test_output(checkpoint):
+    model = load_checkpoint(checkpoint).model
+    task = TASKS[1]  # 25ff71a9, 2 tests
+    for i in range(2):
+        seq = encode_task(task, i, max_len=64)
+        start = len(seq) - grid_length(task.test[i].output) - 1  # the output's first token; EOS is last
+        args = (torch.as_tensor(a)[None] for a in (seq.tokens, seq.rows, seq.cols, range(len(seq))))
+        with torch.no_grad():
+            logits = model(*args)[0]  # (T, V)
+        expected = F.cross_entropy(logits[start - 1 : -1], torch.as_tensor(seq.tokens[start:])).item()
+        assert teacher_forced_loss(model, task, i) == pytest.approx(expected, rel=1e-5)
+    assert teacher_forced_loss(model, TASKS[3], 0) is None  # no output
+    assert teacher_forced_loss(model, TASKS[0], 0) is None  # does not fit the context
+
+
+@pytest.mark.slow
+def test_two_worker_processes_give_the_same_report(checkpoint, uninterrupted, tmp_path):
+    report = evaluate(checkpoint, TASKS, CFG, tmp_path, workers=2).report
+    assert without_timing(report) == without_timing(uninterrupted[1])
+
+
+# ---------------------------------------------------------------- the CLI
+
+
+def _run(*args: str):
+    return CliRunner().invoke(app, list(args))
+
+
+def test_cli_eval_prints_a_table_and_a_summary(checkpoint, tmp_path):
+    args = ["eval", "--split", str(DATA), "--checkpoint", str(checkpoint), "--ttt-steps", "1", "--ttt-optimizer", "adamw"]
+    result = _run(*args, "--tasks", "6150a2bd,25ff71a9", "--out", str(tmp_path / "a"))
+    assert result.exit_code == 0, result.output
+    assert "6150a2bd" in result.stdout and "25ff71a9" in result.stdout and "007bbfb7" not in result.stdout
+    assert "pass@2" in result.stdout and "solved" in result.stdout and "/2 " in result.stdout
+    result = _run(*args, "--limit", "1", "--out", str(tmp_path / "b"), "--json")
+    assert result.exit_code == 0, result.output
+    summary = json.loads(result.stdout)
+    assert summary["n_tasks"] == 1 and summary["failed"] == 1 and summary["pass_at_2"] == 0
+
+
+def test_cli_eval_errors_are_one_line(checkpoint, tmp_path):
+    leaky = make_checkpoint(
+        tmp_path / "leaky",
+        TrainingData(sources=["s"], test_outputs_from=["s"], demos_only=[], task_ids_with_test_outputs=["6150a2bd"], n_tasks=1),
+    )
+    for args, words in [
+        (["--checkpoint", str(leaky)], "leakage"),
+        (["--checkpoint", str(checkpoint), "--tasks", "nope"], "has no task nope"),
+        (["--checkpoint", str(tmp_path / "missing")], "no such checkpoint"),
+    ]:
+        result = _run("eval", "--split", str(DATA), "--out", str(tmp_path / "o"), *args)
+        assert result.exit_code == 1, result.output
+        assert words in result.stderr and len(result.stderr.strip().splitlines()) == 1, result.stderr
+    assert _run("eval", "--workers", "0").exit_code == 2

@@ -1,0 +1,188 @@
+"""SBL against a naive loop and a dense layer, cached vs full decoding, parameter groups, configs."""
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from onn_arc.config import LossConfig, ModelConfig
+from onn_arc.data import find_task
+from onn_arc.errors import ConfigError
+from onn_arc.model import SBL, KVCache, Linear, TinyONN
+from onn_arc.tokens import collate, encode_task
+
+
+@pytest.fixture(scope="module")
+def batch():
+    """A real ARC-AGI-1 task (3 demos, 266 tokens) as a batch of one."""
+    return collate([encode_task(find_task("d23f8c26"))])
+
+
+def naive_sbl(layer: SBL, x: torch.Tensor) -> torch.Tensor:
+    """DESIGN §4 written unit by unit, for one token at a time."""
+    out = torch.zeros(*x.shape[:-1], layer.d_out)
+    for idx in torch.cartesian_prod(*(torch.arange(n) for n in x.shape[:-1])):
+        xt = x[tuple(idx)]
+        for j in range(layer.d_out):
+            key = layer.mu[j] * F.softplus(layer.sigma[j])
+            route = torch.relu(xt @ key / math.sqrt(layer.d_in) - layer.gate[j])
+            out[tuple(idx) + (j,)] = route * (xt @ layer.mu[j])
+    return out
+
+
+def randomise(layer: SBL) -> SBL:
+    with torch.no_grad():
+        layer.sigma.normal_(2.0, 1.0)  # keys not parallel to mu
+        layer.gate.normal_(0.0, 0.3)
+    return layer
+
+
+def test_sbl_matches_naive_loop():
+    layer = randomise(SBL(6, 5))
+    x = torch.randn(2, 3, 6)
+    y = layer(x)
+    assert y.shape == (2, 3, 5)
+    torch.testing.assert_close(y, naive_sbl(layer, x), rtol=1e-5, atol=1e-6)
+    fired = (layer.route_logits(x) > 0).float().mean(-1)
+    assert layer.last_rate.shape == (2, 3) and torch.equal(layer.last_rate, fired)
+    assert 0 < layer.last_rate.mean() < 1
+    assert not layer.last_rate.requires_grad
+
+
+def test_sbl_with_every_route_open_is_a_dense_layer_scaled_by_its_route():
+    layer = randomise(SBL(8, 4))
+    dense = Linear(8, 4)
+    with torch.no_grad():
+        layer.gate.fill_(-100.0)  # every route open: relu passes scores - gate through
+        dense.weight.copy_(layer.mu)
+    x = torch.randn(5, 8)
+    y = layer(x)
+    assert torch.all(layer.last_rate == 1)
+    torch.testing.assert_close(y / layer.route_logits(x), dense(x))
+
+
+def test_sbl_starts_as_its_dense_layer_with_a_small_modulation():
+    layer = SBL(128, 256)
+    x = F.rms_norm(torch.randn(512, 128), (128,))
+    route = layer(x) / (x @ layer.mu.T)
+    assert torch.all(layer.last_rate == 1)
+    assert 0.99 < route.mean() < 1.01 and 0.01 < route.std() < 0.1
+
+
+@pytest.mark.parametrize("cls", [SBL, Linear])
+def test_tap_sees_input_and_value_product(cls):
+    layer = cls(6, 4)
+    seen = []
+    layer.tap = lambda x, z: seen.append((x, z))
+    x = torch.randn(3, 6)
+    y = layer(x)
+    (tx, tz), = seen
+    assert tx is x
+    torch.testing.assert_close(tz, x @ layer.weight_matrix.T)
+    assert tz.requires_grad and torch.autograd.grad(y.sum(), tz)[0].abs().sum() > 0  # z is used downstream
+
+
+def test_no_grad_forward_keeps_its_fused_weight_only_while_the_parameters_are_unchanged():
+    layer = randomise(SBL(6, 4))
+    x = torch.randn(3, 6)
+    with torch.no_grad():
+        first = layer(x)
+        assert torch.equal(layer(x), first)
+    torch.optim.SGD(layer.parameters(), lr=0.5).zero_grad()
+    layer(x).square().sum().backward()
+    torch.optim.SGD(layer.parameters(), lr=0.5).step()  # in-place update
+    with torch.no_grad():
+        after_step = layer(x)
+    torch.testing.assert_close(after_step, layer(x).detach(), rtol=0, atol=0)
+    assert not torch.equal(after_step, first)
+    fresh = SBL(6, 4)
+    layer.load_state_dict(fresh.state_dict())
+    with torch.no_grad():
+        torch.testing.assert_close(layer(x), fresh(x), rtol=0, atol=0)
+
+
+def feed(model: TinyONN, b, cache: KVCache, start: int, end: int) -> torch.Tensor:
+    return model(b.tokens[:, start:end], b.rows[:, start:end], b.cols[:, start:end], b.pos[:, start:end], cache)
+
+
+@pytest.mark.parametrize("arch,n_heads", [("onn", 1), ("dense", 1), ("onn", 2)])
+def test_cached_decoding_matches_full_forward(batch, arch, n_heads):
+    model = TinyONN(ModelConfig.preset("tiny", arch=arch, n_heads=n_heads)).eval()
+    n = batch.tokens.shape[1]
+    with torch.no_grad():
+        full = model(batch.tokens, batch.rows, batch.cols, batch.pos)  # (1, T, V)
+
+        cache = model.new_cache()
+        one_by_one = torch.cat([feed(model, batch, cache, t, t + 1) for t in range(n)], dim=1)
+        assert cache.length == n
+        torch.testing.assert_close(one_by_one, full, rtol=0, atol=1e-5)
+
+        cache = model.new_cache()
+        bounds = [0, 1, 40, 47, 130, 131, 200, n]  # a prompt chunk, then chunks of several sizes
+        chunks = torch.cat([feed(model, batch, cache, a, b) for a, b in zip(bounds, bounds[1:])], dim=1)
+        torch.testing.assert_close(chunks, full, rtol=0, atol=1e-5)
+
+        cache.crop(150)  # backtrack, then feed the rest again
+        assert cache.length == 150
+        refed = torch.cat([feed(model, batch, cache, 150, 151), feed(model, batch, cache, 151, n)], dim=1)
+        torch.testing.assert_close(refed, full[:, 150:], rtol=0, atol=1e-5)
+
+
+def test_cache_crop_and_capacity_are_checked():
+    model = TinyONN(ModelConfig.preset("tiny", max_len=16)).eval()
+    b = collate([encode_task(find_task("6150a2bd"))])
+    cache = model.new_cache()
+    with torch.no_grad():
+        feed(model, b, cache, 0, 10)
+        with pytest.raises(ValueError, match="crop"):
+            cache.crop(11)
+        with pytest.raises(ValueError, match="max_len=16"):
+            feed(model, b, cache, 10, 17)
+        with pytest.raises(ValueError, match="max_len=16"):
+            model(b.tokens, b.rows, b.cols, b.pos)
+
+
+@pytest.mark.parametrize("arch", ["onn", "dense"])
+def test_param_groups_cover_every_parameter_once(arch):
+    model = TinyONN(ModelConfig.preset("tiny", arch=arch))
+    groups = model.param_groups(weight_decay=0.1)
+    kinds = {g["kind"]: g for g in groups}
+    assert set(kinds) == {"matrix", "other"}
+    assert kinds["matrix"]["weight_decay"] == 0.1 and kinds["other"]["weight_decay"] == 0.0
+    matrix_ids = {id(p) for p in kinds["matrix"]["params"]}
+    assert matrix_ids == {id(m.weight_matrix) for m in model.tapped_layers()}
+    assert sum(p.numel() for g in groups for p in g["params"]) == model.num_params()
+    assert len(model.tapped_layers()) == 4 * model.cfg.n_layers
+    if arch == "onn":
+        assert len(model.routed_layers()) == 4
+        for _, layer in model.routed_layers():
+            assert id(layer.sigma) not in matrix_ids and id(layer.gate) not in matrix_ids
+    else:
+        assert model.routed_layers() == []
+    torch.optim.AdamW(groups, lr=1e-3)  # the groups are valid optimizer input
+
+
+def test_dense_baseline_swaps_only_the_linear_maps():
+    onn, dense = (TinyONN(ModelConfig.preset("base", arch=a)) for a in ("onn", "dense"))
+    sbl_extra = sum(layer.sigma.numel() + layer.gate.numel() for _, layer in onn.routed_layers())
+    assert onn.num_params() == dense.num_params() + sbl_extra
+
+
+def test_config_validation_names_the_field_and_value():
+    with pytest.raises(ConfigError, match="unknown model preset 'huge'"):
+        ModelConfig.preset("huge")
+    with pytest.raises(ConfigError, match="d_model=20"):
+        ModelConfig.preset("tiny", d_model=20)
+    with pytest.raises(ConfigError, match="n_layers=0"):
+        ModelConfig.preset("tiny", n_layers=0)
+    with pytest.raises(ConfigError, match="arch='sparse'"):
+        ModelConfig.preset("tiny", arch="sparse")
+    with pytest.raises(ConfigError, match="colour"):
+        ModelConfig.preset("tiny", colour=3)
+    with pytest.raises(Exception, match="frozen"):
+        ModelConfig.preset("tiny").d_model = 32  # type: ignore[misc]
+    with pytest.raises(Exception, match="gate_weight"):
+        LossConfig(gate_weight=-1)
+    cfg = ModelConfig.preset("base")
+    assert ModelConfig(**cfg.model_dump()) == cfg

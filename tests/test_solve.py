@@ -1,0 +1,261 @@
+"""Solving: views and voting after inverse mapping, test-time training on demos only, the context guard,
+and a tiny model trained here solving a learnable task end to end."""
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from typer.testing import CliRunner
+
+import onn_arc.cli.solve  # noqa: F401  (registers the command)
+from onn_arc import solve
+from onn_arc.checkpoint import TrainingData, save_checkpoint
+from onn_arc.cli.app import app
+from onn_arc.augment import Augmentation
+from onn_arc.config import AugmentConfig, LossConfig, ModelConfig, OptimizerConfig, SolveConfig, TrainConfig
+from onn_arc.data import Pair, Task, as_array, load_task_file
+from onn_arc.decode import Candidate
+from onn_arc.errors import TaskError
+from onn_arc.model import TinyONN
+from onn_arc.optim import gauss_newton
+from onn_arc.scoring import load_submission
+from onn_arc.train import Example, make_optimizer, sample_batch, train_step
+
+DATA = Path(__file__).resolve().parents[1] / "data"
+TRUTH = ((1, 2, 0), (3, 4, 0))  # no symmetry: every view moves it
+WRONG = ((5, 5), (5, 6))
+FAST = SolveConfig(ttt_steps=2, ttt_batch_tokens=512, views=2, optimizer=OptimizerConfig(name="adamw", lr=1e-3))
+
+
+def tiny_model(**overrides) -> TinyONN:
+    return TinyONN(ModelConfig.preset("tiny", **overrides)).eval()
+
+
+def stub_task(n_train: int = 3) -> Task:
+    pairs = [Pair(input=((i % 10, 1),), output=((1, i % 10),)) for i in range(n_train)]
+    return Task(id="stub", train=tuple(pairs), test=(Pair(input=((2, 3), (4, 5)), output=TRUTH),))
+
+
+def candidate(grid, logprob: float, confidence: np.ndarray | None = None) -> Candidate:
+    conf = np.full(np.shape(grid), 0.5) if confidence is None else confidence
+    return Candidate(tokens=(), grid=grid, logprob=logprob, confidence=conf, activation=conf / 2)
+
+
+@pytest.mark.parametrize("dihedral", range(8))
+def test_orient_moves_values_as_apply_grid_moves_cells(dihedral):
+    grid = ((1, 2, 3), (4, 5, 6))
+    aug = Augmentation(dihedral, tuple(range(10)), ())
+    assert np.array_equal(solve.orient(as_array(grid), dihedral), as_array(aug.apply_grid(grid)))
+
+
+def test_vote_ranks_by_views_then_logprob_after_mapping_back():
+    task = stub_task()
+    views = solve.choose_views(task, 4, seed=3)
+    assert views[0] == Augmentation.identity(3) and all(v.dihedral or v.colours != views[0].colours for v in views[1:])
+    confidence = np.array([[0.9, 0.8, 0.7], [0.6, 0.5, 0.4]])  # per cell of TRUTH, in the task's orientation
+    found = []
+    for v, view in enumerate(views):
+        if v == 1:  # one view prefers a wrong grid, very confidently, and also finds the truth
+            found.append([candidate(view.apply_grid(WRONG), -0.01), candidate(view.apply_grid(TRUTH), -5.0)])
+        elif v == 2:  # another finds only a grid that is the truth in the *augmented* orientation
+            found.append([candidate(TRUTH, -0.02)] if view.apply_grid(TRUTH) != TRUTH else [])
+        else:
+            found.append([candidate(view.apply_grid(TRUTH), -1.0, solve.orient(confidence, view.dihedral))])
+    answer = solve.vote(views, found)
+    assert answer.attempts[0] == TRUTH
+    best = answer.candidates[0]
+    assert (best.grid, best.votes, best.views, best.logprob) == (TRUTH, 3, (0, 1, 3), pytest.approx(-7.0))
+    assert answer.attempts[1] == WRONG  # 1 vote each: the higher log-probability wins
+    assert len(answer.attempts) == 2 and len(answer.candidates) == 3
+    # explain maps: views 0 and 3 bring `confidence` back to the task's orientation, view 1 brings 0.5 everywhere
+    np.testing.assert_allclose(answer.confidence, (2 * confidence + 0.5) / 3)
+    np.testing.assert_allclose(answer.activation, answer.confidence / 2)
+
+
+def test_vote_with_nothing_found_gives_no_attempts():
+    task = stub_task()
+    answer = solve.vote(solve.choose_views(task, 2, 0), [[], []])
+    assert answer.attempts == () and answer.confidence is None
+
+
+def test_solve_task_maps_every_view_back_before_voting(monkeypatch):
+    """A stub decoder answers with the truth in the view's own orientation in views 0, 2, 3 and a confident wrong
+    grid in view 1; after inversion the truth must be attempt 1 with 3 votes."""
+    calls = []
+
+    def stub(model, seen: Task, test_index: int, cfg: SolveConfig) -> list[Candidate]:
+        calls.append(seen)
+        view = len(calls) - 1
+        truth = seen.test[test_index].output  # the truth as this view sees it
+        return [candidate(WRONG, -0.01)] if view == 1 else [candidate(truth, -1.0)]
+
+    monkeypatch.setattr(solve, "decode_view", stub)
+    solution = solve.solve_task(tiny_model(), stub_task(), SolveConfig(ttt_steps=0, views=4, seed=1))
+    (answer,) = solution.tests
+    assert answer.attempts[0] == TRUTH and answer.candidates[0].votes == 3
+    assert answer.attempts[1] == solution.views[1].invert_grid(WRONG)
+    assert [s.test[0].input for s in calls] == [v.apply_grid(stub_task().test[0].input) for v in solution.views]
+
+
+def test_solve_task_on_a_puzzle_without_test_output_is_seeded():
+    task = load_task_file(DATA / "puzzle-no-answer.json")
+    assert not task.has_test_outputs
+    model = tiny_model(max_len=96)  # a short context keeps a random model's grids short
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    first = solve.solve_task(model, task, FAST)
+    assert first.ttt_steps == 2 and first.ttt_loss is not None and len(first.views) == 2
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())  # TTT tuned a copy
+    (answer,) = first.tests
+    assert len(answer.attempts) <= 2 and len(set(answer.attempts)) == len(answer.attempts)
+    again = solve.solve_task(model, task, FAST)
+    assert again.to_json() | {"ttt_seconds": 0} == first.to_json() | {"ttt_seconds": 0}
+
+
+def test_solve_task_with_dfs_returns_distinct_ranked_candidates():
+    task = load_task_file(DATA / "6150a2bd.json")
+    model = tiny_model()
+    with torch.no_grad():
+        model.head.weight.mul_(4)  # peaky, so the search ends quickly
+    cfg = FAST.model_copy(update={"ttt_steps": 0, "sampler": "dfs", "min_prob": 0.05, "views": 3})
+    (answer,) = solve.solve_task(model, task, cfg).tests
+    keys = [(-c.votes, -c.logprob) for c in answer.candidates]
+    assert keys == sorted(keys) and len({c.grid for c in answer.candidates}) == len(answer.candidates)
+    assert answer.attempts == tuple(c.grid for c in answer.candidates[:2])
+
+
+def test_fine_tune_uses_demos_only_and_can_be_switched_off():
+    task = load_task_file(DATA / "6150a2bd.json")
+    model = tiny_model()
+    assert solve.fine_tune(model, task, FAST.model_copy(update={"ttt_steps": 0}))[:2] == (model, 0)
+    one_demo = task.model_copy(update={"train": task.train[:1]})
+    assert solve.fine_tune(model, one_demo, FAST)[:2] == (model, 0)  # no leave-one-out pseudo-task exists
+    # the test output never matters: poisoning it changes nothing
+    poisoned = task.model_copy(update={"test": (Pair(input=task.test[0].input, output=((9,),)),)})
+    tuned, steps, _, loss = solve.fine_tune(model, task, FAST)
+    tuned2, _, _, loss2 = solve.fine_tune(model, poisoned, FAST)
+    assert steps == 2 and loss == loss2
+    assert all(torch.equal(a, b) for a, b in zip(tuned.state_dict().values(), tuned2.state_dict().values()))
+    assert not all(torch.equal(a, b) for a, b in zip(tuned.state_dict().values(), model.state_dict().values()))
+
+
+def test_fine_tune_with_gauss_newton_preconditions_and_is_seeded(monkeypatch):
+    task = load_task_file(DATA / "6150a2bd.json")
+    cfg = SolveConfig(ttt_steps=4, ttt_batch_tokens=512)  # the default optimizer: GN, curvature and eigenbases at step 2
+    assert cfg.optimizer.name == "gn"
+    refreshes = []
+    eigh = gauss_newton.psd_eigh
+    monkeypatch.setattr(gauss_newton, "psd_eigh", lambda m: refreshes.append(m.shape) or eigh(m))
+    model = tiny_model()
+    first, steps, _, loss = solve.fine_tune(model, task, cfg)
+    assert len(refreshes) == 2 * len(model.tapped_layers())  # A and G of every tapped layer, once
+    again, _, _, loss2 = solve.fine_tune(model, task, cfg)
+    assert steps == 4 and loss == loss2
+    assert all(torch.equal(a, b) for a, b in zip(first.state_dict().values(), again.state_dict().values()))
+    assert not all(torch.equal(a, b) for a, b in zip(first.state_dict().values(), model.state_dict().values()))
+
+
+def test_fine_tune_stops_at_its_time_bound():
+    task = load_task_file(DATA / "6150a2bd.json")
+    _, steps, seconds, _ = solve.fine_tune(tiny_model(), task, FAST.model_copy(update={"ttt_steps": 1000, "ttt_seconds": 0.3}))
+    assert 1 <= steps < 1000 and seconds < 5
+
+
+def test_a_test_input_too_long_for_the_context_is_a_one_line_task_error():
+    task = load_task_file(DATA / "6150a2bd.json")
+    with pytest.raises(TaskError, match=r"6150a2bd: test\[0\] needs 28 tokens .* context holds 27$"):
+        solve.solve_task(tiny_model(max_len=27), task, FAST)
+    seq = solve.prompt(task, 0, max_len=64)  # demos dropped so an output as large as any grid still fits
+    assert seq.n_demos < len(task.train) and len(seq) + solve.output_room(task) <= 64
+
+
+# ---------------------------------------------------------------- a model trained here solves a task
+
+
+def copy_task(rng: np.random.Generator, name: str) -> Task:
+    """A learnable rule that every augmentation keeps: the output is the input."""
+    grids = [tuple(map(tuple, rng.integers(0, 10, (2, 2)).tolist())) for _ in range(4)]
+    pairs = [Pair(input=g, output=g) for g in grids]
+    return Task(id=name, train=tuple(pairs[:3]), test=(pairs[3],))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("arch,steps", [("dense", 250), ("onn", 400)])
+def test_a_model_trained_on_copy_tasks_solves_a_new_one(arch, steps):
+    rng = np.random.default_rng(0)
+    pool = [Example(copy_task(rng, f"copy{i}"), 0) for i in range(64)]
+    model = TinyONN(ModelConfig.preset("tiny", d_model=32, n_layers=2, arch=arch))
+    optimizer = OptimizerConfig(name="adamw", lr=1e-2 if arch == "onn" else 3e-3, weight_decay=0.0)
+    cfg = TrainConfig(model=model.cfg, optimizer=optimizer, loss=LossConfig(gate_weight=0, kl_weight=0))
+    opt = make_optimizer(model, optimizer)
+    for _ in range(steps):
+        train_step(model, opt, sample_batch(pool, rng, 1024, 512, AugmentConfig()), cfg, torch.Generator())
+    task = copy_task(np.random.default_rng(99), "new")
+    solve_cfg = SolveConfig(ttt_steps=3, ttt_batch_tokens=512, views=3, optimizer=OptimizerConfig(name="adamw", lr=1e-4))
+    solution = solve.solve_task(model.eval(), task, solve_cfg)
+    (answer,) = solution.tests
+    assert answer.attempts[0] == task.test[0].output
+    assert answer.candidates[0].votes >= 2
+    assert answer.confidence.shape == (2, 2) and answer.confidence.min() > 0.5
+
+
+# ---------------------------------------------------------------- `onn-arc solve`
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory) -> Path:
+    torch.manual_seed(0)
+    model = tiny_model()
+    with torch.no_grad():
+        model.head.weight.mul_(3)  # peaky: greedy ends its grids within the context
+    data = TrainingData(sources=["s"], test_outputs_from=["s"], demos_only=[], task_ids_with_test_outputs=["25ff71a9"], n_tasks=1)
+    return save_checkpoint(tmp_path_factory.mktemp("ckpt") / "tiny", model, data, step=0, metrics={})
+
+
+def run_cli(*args: str):
+    return CliRunner().invoke(app, ["solve", *args])
+
+
+def test_cli_solve_draws_the_task_attempts_and_explanation(checkpoint):
+    result = run_cli(str(DATA / "6150a2bd.json"), "-c", str(checkpoint), "--ttt-steps", "1", "--ttt-optimizer", "adamw",
+                     "--views", "2", "--explain")  # fmt: skip
+    assert result.exit_code == 0, result.output
+    text = result.stdout
+    assert "demo 2" in text and "attempt 1 ✗" in text and "not solved ✗" in text
+    assert "test-time training: 1 steps" in text and "from 2 views" in text
+    assert "confidence" in text and "activation rate" in text
+
+
+def test_cli_solve_marks_a_right_attempt(checkpoint, monkeypatch):
+    monkeypatch.setattr(solve, "decode_view", lambda model, seen, i, cfg: [candidate(seen.test[i].output, -0.1)])
+    result = run_cli(str(DATA / "6150a2bd.json"), "-c", str(checkpoint), "--ttt-steps", "0")
+    assert result.exit_code == 0, result.output
+    assert "attempt 1 ✓ exact" in result.stdout and "solved ✓" in result.stdout
+
+
+def test_cli_solve_json_and_out_give_the_kaggle_entry(checkpoint, tmp_path):
+    out = tmp_path / "entry.json"
+    args = [str(DATA / "puzzle-no-answer.json"), "-c", str(checkpoint), "--ttt-steps", "0", "--json", "--out", str(out)]
+    result = run_cli(*args)
+    assert result.exit_code == 0, result.output
+    entry = json.loads(result.stdout)
+    assert list(entry) == ["puzzle-no-answer"] and set(entry["puzzle-no-answer"][0]) == {"attempt_1", "attempt_2"}
+    assert load_submission(out)["puzzle-no-answer"] == [
+        tuple(None if g is None else tuple(map(tuple, g)) for g in entry["puzzle-no-answer"][0].values())
+    ]
+    drawn = run_cli(*args[:5])
+    assert drawn.exit_code == 0 and "attempt 1" in drawn.stdout and "✗" not in drawn.stdout and "solved" not in drawn.stdout
+
+
+def test_cli_solve_warns_about_leakage_and_fails_in_one_line(checkpoint, tmp_path):
+    result = run_cli(str(DATA / "25ff71a9.json"), "-c", str(checkpoint), "--ttt-steps", "0", "--json")
+    assert result.exit_code == 0 and "trained on the test outputs of 25ff71a9" in result.stderr
+    for args, words in [
+        (["007bbfb7", "-c", str(tmp_path / "none")], "no such checkpoint"),
+        ([str(tmp_path / "nope.json"), "-c", str(checkpoint)], "no such file"),
+    ]:
+        result = run_cli(*args)
+        assert result.exit_code == 1 and words in result.stderr and len(result.stderr.strip().splitlines()) == 1
+    assert run_cli("007bbfb7", "--views", "0").exit_code == 2
+    assert run_cli("007bbfb7", "--sampler", "beam").exit_code == 2
