@@ -68,7 +68,7 @@ class LossConfig(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     gate_weight: float = Field(default=0.01, ge=0)  # SML gate loss weight (0 turns it off)
-    kl_weight: float = Field(default=0.01, ge=0)  # KL loss weight (0 turns it off)
+    kl_weight: float = Field(default=0.001, ge=0)  # KL loss weight (0 turns it off); the mean KL per weight reaches ~50
     gate_tokens: int = Field(default=64, gt=0)  # tokens per step (random subset) the gate loss is computed on
 
 

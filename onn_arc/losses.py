@@ -120,16 +120,16 @@ def gate_loss(records: list[tuple[SBL, Tensor, Tensor]]) -> Tensor:
 
 def kl_loss(layers: list[SBL], u: float) -> Tensor:
     """Mean over all SBL weights of KL(N(mu, softplus(sigma)²) || N(0, (SIGMA_INIT · u)²))."""
+    if not layers:
+        raise ValueError("kl_loss: no SBL layers")
     s = SIGMA_INIT * u
-    total, count = None, 0
+    total, count = 0.0, 0
     for layer in layers:
         sd = F.softplus(layer.sigma)
-        kl = (math.log(s) - 0.5 - sd.log() + (sd.square() + layer.mu.square()) / (2 * s * s)).sum()
-        total = kl if total is None else total + kl
-        count += layer.sigma.numel()
-    if total is None:
-        raise ValueError("kl_loss: no SBL layers")
-    return total / count
+        # per weight log(s / σ) + (σ² + μ²) / 2s² - 1/2, summed with one pass per term
+        total = total - sd.log().sum() + (sd.norm().square() + layer.mu.norm().square()) / (2 * s * s)
+        count += sd.numel()
+    return total / count + math.log(s) - 0.5
 
 
 def activation_rate(layers: list[SBL], valid: Tensor) -> float:
@@ -171,7 +171,8 @@ def forward_backward(
     if layers:
         with torch.set_grad_enabled(cfg.kl_weight > 0):
             kl = kl_loss(layers, uncertainty(logits, mask))
-    aux = [w * t for w, t in ((cfg.gate_weight, gate), (cfg.kl_weight, kl)) if t is not None and w > 0 and t.requires_grad]
+    weighted = ((cfg.gate_weight, gate), (cfg.kl_weight, kl))
+    aux = [w * t for w, t in weighted if t is not None and w > 0 and t.requires_grad]
     if aux:
         torch.stack(aux).sum().backward()
     gate_value = 0.0 if gate is None else gate.item()

@@ -4,8 +4,9 @@ Read bottom-up: SBL -> Linear -> Attention (DynSIHA) -> FFN (MoIE) -> Block -> T
 
 - SBL: each output unit (a row of `mu`, a "micro-expert") decides per token whether and how strongly it fires:
       keys = mu * softplus(sigma);  route = relu(x @ keys.T / sqrt(d_in) - gate);  y = route * (x @ mu.T)
-  Values and route logits come from ONE matmul of x with cat([mu, keys / sqrt(d_in)]) (bias cat([0, -gate])). A unit that does not fire gets no
-  gradient through route * value; the gate loss (losses.py) works on the pre-ReLU `route_logits` and can reopen it.
+  Values and route logits come from ONE matmul of x with cat([mu, keys / sqrt(d_in)]) (bias cat([0, -gate])).
+  A unit that does not fire gets no gradient through route * value; the gate loss (losses.py) works on the
+  pre-ReLU `route_logits` and can reopen it.
   Init: softplus(sigma) = 1 and gate = -1, so route = 1 + x @ mu.T / sqrt(d_in) ~ 1: every unit fires and an SBL
   starts as its dense counterpart, with a small content-dependent modulation; routing and sparsity are learned
   (the design notes expect near-dense behaviour early in training). Inits where half the units fire at first
@@ -55,12 +56,12 @@ class SBL(nn.Module):
     def weight_matrix(self) -> nn.Parameter:
         return self.mu
 
-    def _scaled_keys(self, mu: Tensor) -> Tensor:
-        return mu * F.softplus(self.sigma) / math.sqrt(self.d_in)  # (d_out, d_in)
+    def _keys(self, mu: Tensor) -> Tensor:
+        return mu * F.softplus(self.sigma)  # (d_out, d_in)
 
     def route_logits(self, x: Tensor, train_mu: bool = True) -> Tensor:
         """Pre-ReLU route logits scores - gate, (..., d_out). train_mu=False keeps their gradient out of mu."""
-        return F.linear(x, self._scaled_keys(self.mu if train_mu else self.mu.detach())) - self.gate
+        return F.linear(x, self._keys(self.mu if train_mu else self.mu.detach())) / math.sqrt(self.d_in) - self.gate
 
     def _fused(self) -> tuple[Tensor, Tensor]:
         """Weight cat([mu, keys / sqrt(d_in)]) (2 d_out, d_in) and bias cat([0, -gate]) (2 d_out,) of the one product
@@ -75,7 +76,8 @@ class SBL(nn.Module):
         return self._frozen[1]
 
     def _build_fused(self) -> tuple[Tensor, Tensor]:
-        return torch.cat([self.mu, self._scaled_keys(self.mu)]), torch.cat([torch.zeros_like(self.gate), -self.gate])
+        weight = torch.cat([self.mu, self._keys(self.mu) / math.sqrt(self.d_in)])
+        return weight, torch.cat([torch.zeros_like(self.gate), -self.gate])
 
     def forward(self, x: Tensor) -> Tensor:
         z, logits = F.linear(x, *self._fused()).split(self.d_out, dim=-1)  # (..., d_out) each: z + 0, scores - gate
@@ -122,7 +124,7 @@ class KVCache:
         self._v: list[Tensor | None] = [None] * n_layers
 
     def update(self, layer: int, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
-        """Store one layer's keys/values of the new tokens (B, H, T, hd); return all cached ones (B, H, length + T, hd)."""
+        """Store one layer's keys/values (B, H, T, hd) of the new tokens; return all cached (B, H, length + T, hd)."""
         if self._k[layer] is None:
             b, h, _, hd = k.shape
             self._k[layer], self._v[layer] = k.new_zeros(b, h, self.max_len, hd), v.new_zeros(b, h, self.max_len, hd)
@@ -238,7 +240,7 @@ class TinyONN(nn.Module):
         return KVCache(self.cfg.n_layers, self.cfg.max_len)
 
     def forward(self, tokens: Tensor, rows: Tensor, cols: Tensor, pos: Tensor, cache: KVCache | None = None) -> Tensor:
-        """Logits (B, T, V) for inputs (B, T); with a cache the new tokens attend to the cached ones and are appended."""
+        """Logits (B, T, V) for inputs (B, T); with a cache, the new tokens attend to the cached ones and join them."""
         t = tokens.shape[1]
         past = 0 if cache is None else cache.length
         if past + t > self.cfg.max_len:
@@ -262,7 +264,8 @@ class TinyONN(nn.Module):
     def param_groups(self, weight_decay: float) -> list[dict]:
         """Optimizer groups, each with a "kind":
         "matrix": the weight matrices of the tapped layers (mu / weight), decayed;
-        "other": embeddings, the output head (an untied mirror of the embedding), norms, SBL sigma and gate, not decayed.
+        "other": embeddings, the output head (an untied mirror of the embedding), norms, SBL sigma and gate:
+                 not decayed.
         """
         matrices = [m.weight_matrix for m in self.tapped_layers()]
         in_matrices = {id(p) for p in matrices}
