@@ -27,6 +27,11 @@ N_COLOURS = 10
 INVERSE_DIHEDRAL = (0, 3, 2, 1, 4, 5, 6, 7)  # rotations undo each other; the four flips are their own inverses
 
 
+def dihedral_map(a: np.ndarray, dihedral: int) -> np.ndarray:
+    """Dihedral map number `dihedral` (table above) of an (H, W) array of cells or per-cell values."""
+    return np.rot90(a.T if dihedral >= 4 else a, dihedral % 4)
+
+
 def _is_permutation(values: tuple[int, ...], n: int) -> bool:
     return sorted(values) == list(range(n))
 
@@ -79,10 +84,7 @@ class Augmentation:
         return Augmentation(INVERSE_DIHEDRAL[self.dihedral], tuple(colours), tuple(order))
 
     def apply_grid(self, g: Grid) -> Grid:
-        a = np.asarray(self.colours)[as_array(g)]  # (H, W)
-        if self.dihedral >= 4:
-            a = a.T  # (W, H)
-        return from_array(np.rot90(a, self.dihedral % 4))
+        return from_array(dihedral_map(np.asarray(self.colours)[as_array(g)], self.dihedral))
 
     def invert_grid(self, g: Grid) -> Grid:
         return self.inverse().apply_grid(g)

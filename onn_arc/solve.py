@@ -21,13 +21,13 @@ import numpy as np
 import torch
 
 from onn_arc import decode
-from onn_arc.augment import INVERSE_DIHEDRAL, Augmentation
+from onn_arc.augment import INVERSE_DIHEDRAL, Augmentation, dihedral_map
 from onn_arc.config import SolveConfig, TrainConfig
 from onn_arc.data import Grid, Task
 from onn_arc.errors import TaskError
 from onn_arc.model import TinyONN
 from onn_arc.tokens import Sequence, encode_task
-from onn_arc.train import Example, leave_one_out, lr_factor, make_optimizer, sample_batch, train_step
+from onn_arc.train import Example, leave_one_out, lr_factor, make_optimizer, sample_batch, step_generators, train_step
 
 Progress = Callable[[str, int, int], None]  # (stage, done, total): "ttt" steps, then "decode" view × test prompts
 
@@ -145,10 +145,7 @@ def fine_tune(
             elapsed = time.perf_counter() - started
             if cfg.ttt_seconds and elapsed >= cfg.ttt_seconds:
                 break
-            rng = np.random.default_rng([cfg.seed, step])
-            torch_seed = int(rng.integers(2**62))
-            torch.manual_seed(torch_seed)  # the gate loss samples its tokens from the global RNG
-            generator = torch.Generator(device).manual_seed(torch_seed)  # GN's sampled labels
+            rng, generator = step_generators(cfg.seed, step, 0, device)
             batch = sample_batch(pool, rng, cfg.ttt_batch_tokens, max_len, cfg.augment).to(device)
             progress = max(step / cfg.ttt_steps, elapsed / cfg.ttt_seconds if cfg.ttt_seconds else 0.0)
             for g in opt.param_groups:
@@ -170,11 +167,6 @@ def choose_views(task: Task, n: int, seed: int) -> list[Augmentation]:
     return [Augmentation.identity(len(task.train))] + [Augmentation.random(rng, len(task.train)) for _ in range(n - 1)]
 
 
-def orient(values: np.ndarray, dihedral: int) -> np.ndarray:
-    """An (H, W) array of per-cell values moved the way `Augmentation.apply_grid` moves a grid's cells."""
-    return np.rot90(values.T if dihedral >= 4 else values, dihedral % 4)
-
-
 def vote(views: list[Augmentation], found: list[list[decode.Candidate]]) -> Answer:
     """Rank the distinct grids that `found[v]` (candidates decoded in view v's orientation) map back to."""
     hits: dict[Grid, list[tuple[int, decode.Candidate]]] = {}
@@ -190,7 +182,7 @@ def vote(views: list[Augmentation], found: list[list[decode.Candidate]]) -> Answ
     best = hits[ranked[0].grid]
 
     def mean_map(field: str) -> np.ndarray:
-        return np.mean([orient(getattr(c, field), INVERSE_DIHEDRAL[views[v].dihedral]) for v, c in best], axis=0)
+        return np.mean([dihedral_map(getattr(c, field), INVERSE_DIHEDRAL[views[v].dihedral]) for v, c in best], axis=0)
 
     return Answer(tuple(r.grid for r in ranked[:2]), tuple(ranked), mean_map("confidence"), mean_map("activation"))
 

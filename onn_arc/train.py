@@ -230,8 +230,9 @@ def _rank() -> tuple[int, int]:
     return 0, 1
 
 
-def _seeded(seed: int, step: int, rank: int, device: torch.device) -> tuple[np.random.Generator, torch.Generator]:
-    """The step's data generator and a torch generator (on `device`) for sampled labels, both from (seed, step, rank)."""
+def step_generators(seed: int, step: int, rank: int, device: torch.device) -> tuple[np.random.Generator, torch.Generator]:
+    """Step `step`'s randomness on rank `rank`, all from (seed, step, rank): the data generator, the global torch RNG
+    (the gate loss samples its tokens from it) and a torch generator on `device` for GN's sampled labels."""
     rng = np.random.default_rng([seed, step, rank])
     torch_seed = int(rng.integers(2**62))
     torch.manual_seed(torch_seed)
@@ -304,7 +305,7 @@ class Run:
         with _stop_on_signals() as stop_requested, open(self.paths.metrics, "a") if rank == 0 else nullcontext() as log:
             while self.step < cfg.steps and not (cfg.seconds and self.elapsed >= cfg.seconds):
                 started = time.perf_counter()
-                rng, generator = _seeded(cfg.seed, self.step, rank, device)
+                rng, generator = step_generators(cfg.seed, self.step, rank, device)
                 batch = sample_batch(self.pool, rng, cfg.batch_tokens, cfg.model.max_len, cfg.augment).to(device)
                 progress = max(self.step / cfg.steps, self.elapsed / cfg.seconds if cfg.seconds else 0.0)
                 factor = lr_factor(progress, self.step, cfg.warmup_steps, cfg.min_lr_ratio)

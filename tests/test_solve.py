@@ -13,9 +13,9 @@ import onn_arc.cli.solve  # noqa: F401  (registers the command)
 from onn_arc import solve
 from onn_arc.checkpoint import TrainingData, save_checkpoint
 from onn_arc.cli.app import app
-from onn_arc.augment import Augmentation
+from onn_arc.augment import Augmentation, dihedral_map
 from onn_arc.config import AugmentConfig, LossConfig, ModelConfig, OptimizerConfig, SolveConfig, TrainConfig
-from onn_arc.data import Pair, Task, as_array, load_task_file
+from onn_arc.data import Pair, Task, load_task_file
 from onn_arc.decode import Candidate
 from onn_arc.errors import TaskError
 from onn_arc.model import TinyONN
@@ -43,13 +43,6 @@ def candidate(grid, logprob: float, confidence: np.ndarray | None = None) -> Can
     return Candidate(tokens=(), grid=grid, logprob=logprob, confidence=conf, activation=conf / 2)
 
 
-@pytest.mark.parametrize("dihedral", range(8))
-def test_orient_moves_values_as_apply_grid_moves_cells(dihedral):
-    grid = ((1, 2, 3), (4, 5, 6))
-    aug = Augmentation(dihedral, tuple(range(10)), ())
-    assert np.array_equal(solve.orient(as_array(grid), dihedral), as_array(aug.apply_grid(grid)))
-
-
 def test_vote_ranks_by_views_then_logprob_after_mapping_back():
     task = stub_task()
     views = solve.choose_views(task, 4, seed=3)
@@ -62,7 +55,7 @@ def test_vote_ranks_by_views_then_logprob_after_mapping_back():
         elif v == 2:  # another finds only a grid that is the truth in the *augmented* orientation
             found.append([candidate(TRUTH, -0.02)] if view.apply_grid(TRUTH) != TRUTH else [])
         else:
-            found.append([candidate(view.apply_grid(TRUTH), -1.0, solve.orient(confidence, view.dihedral))])
+            found.append([candidate(view.apply_grid(TRUTH), -1.0, dihedral_map(confidence, view.dihedral))])
     answer = solve.vote(views, found)
     assert answer.attempts[0] == TRUTH
     best = answer.candidates[0]

@@ -1,10 +1,14 @@
 """What every command shares: consoles and the option aliases defined once."""
 
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Literal
 
 import typer
+from pydantic import ValidationError
 from rich.console import Console
+
+from onn_arc.config import SolveConfig, one_line
+from onn_arc.errors import ConfigError
 
 # Results go to stdout, progress and logs to stderr. Consoles resolve sys.stdout at
 # print time, so Typer's CliRunner captures them.
@@ -22,3 +26,33 @@ CheckpointOpt = Annotated[
     typer.Option("--checkpoint", "-c", help="Checkpoint folder (default: the shipped one in checkpoints/).", show_default=False),
 ]
 ThreadsOpt = Annotated[int, typer.Option(help="CPU threads for torch (default: all cores).")]
+DeviceOpt = Annotated[str, typer.Option(help="cpu, cuda or auto.")]
+
+DEFAULT = SolveConfig()
+
+# The solve options, shared by `onn-arc solve` and `onn-arc eval`.
+TttStepsOpt = Annotated[int, typer.Option(min=0, help="Test-time training steps on the task's demos (0: off).")]
+TttSecondsOpt = Annotated[
+    float | None, typer.Option(help="Wall-clock bound on test-time training, in seconds.", show_default=False)
+]
+TttOptimizerOpt = Annotated[Literal["gn", "adamw"], typer.Option(help="Test-time training optimizer.")]
+ViewsOpt = Annotated[int, typer.Option(min=1, help="Augmented views decoded and voted over (view 1 is the task as given).")]
+SamplerOpt = Annotated[
+    Literal["greedy", "dfs"], typer.Option(help="greedy: one grid per view; dfs: every grid above --min-prob.")
+]
+MinProbOpt = Annotated[float, typer.Option(help="dfs: a candidate grid's probability floor.")]
+OutFileOpt = Annotated[
+    Path | None, typer.Option("--out", help="Write the Kaggle entry {task_id: [...]} here.", show_default=False)
+]
+
+
+def solve_config(
+    ttt_steps: int, ttt_seconds: float | None, ttt_optimizer: str, views: int, sampler: str, min_prob: float, seed: int
+) -> SolveConfig:
+    """The SolveConfig the shared options describe (everything else at its default)."""
+    fields = dict(ttt_steps=ttt_steps, ttt_seconds=ttt_seconds, views=views, sampler=sampler, min_prob=min_prob)
+    optimizer = DEFAULT.optimizer.model_dump() | {"name": ttt_optimizer}
+    try:
+        return SolveConfig.model_validate(fields | {"optimizer": optimizer, "seed": seed})
+    except ValidationError as e:
+        raise ConfigError(one_line(e, "solve options")) from None

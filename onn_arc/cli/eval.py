@@ -13,16 +13,21 @@ from rich.table import Table
 from onn_arc import data
 from onn_arc.checkpoint import default_checkpoint
 from onn_arc.cli.app import app
-from onn_arc.cli.common import CheckpointOpt, JsonOpt, SeedOpt, ThreadsOpt, err, out
-from onn_arc.cli.solve import (
+from onn_arc.cli.common import (
+    CheckpointOpt,
     DEFAULT,
     DeviceOpt,
+    JsonOpt,
     MinProbOpt,
     SamplerOpt,
+    SeedOpt,
+    ThreadsOpt,
     TttOptimizerOpt,
     TttSecondsOpt,
     TttStepsOpt,
     ViewsOpt,
+    err,
+    out,
     solve_config,
 )
 from onn_arc.errors import TaskNotFound

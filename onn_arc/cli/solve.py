@@ -1,11 +1,9 @@
 """`onn-arc solve`: solve one task with a checkpoint and show the two attempts (and, with --explain, why)."""
 
-from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated
 
 import torch
 import typer
-from pydantic import ValidationError
 from rich.console import Group
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.text import Text
@@ -13,44 +11,28 @@ from rich.text import Text
 from onn_arc import data, render
 from onn_arc.checkpoint import default_checkpoint, load_checkpoint
 from onn_arc.cli.app import app
-from onn_arc.cli.common import CheckpointOpt, JsonOpt, SeedOpt, TaskArg, ThreadsOpt, err, out
-from onn_arc.config import SolveConfig, one_line
-from onn_arc.errors import ConfigError
+from onn_arc.cli.common import (
+    CheckpointOpt,
+    DEFAULT,
+    DeviceOpt,
+    JsonOpt,
+    MinProbOpt,
+    OutFileOpt,
+    SamplerOpt,
+    SeedOpt,
+    TaskArg,
+    ThreadsOpt,
+    TttOptimizerOpt,
+    TttSecondsOpt,
+    TttStepsOpt,
+    ViewsOpt,
+    err,
+    out,
+    solve_config,
+)
 from onn_arc.scoring import ATTEMPT_KEYS, score_task, write_submission
 from onn_arc.solve import Solution, solve_task
 from onn_arc.train import resolve_device
-
-DEFAULT = SolveConfig()
-Opt = typer.Option
-
-# The solve options, shared with `onn-arc eval`.
-TttStepsOpt = Annotated[int, Opt(min=0, help="Test-time training steps on the task's demos (0: off).")]
-TttSecondsOpt = Annotated[
-    float | None, Opt(help="Wall-clock bound on test-time training, in seconds.", show_default=False)
-]
-TttOptimizerOpt = Annotated[Literal["gn", "adamw"], Opt(help="Test-time training optimizer.")]
-ViewsOpt = Annotated[int, Opt(min=1, help="Augmented views decoded and voted over (view 1 is the task as given).")]
-SamplerOpt = Annotated[
-    Literal["greedy", "dfs"], Opt(help="greedy: one grid per view; dfs: every grid above --min-prob.")
-]
-MinProbOpt = Annotated[float, Opt(help="dfs: a candidate grid's probability floor.")]
-DeviceOpt = Annotated[str, Opt(help="cpu, cuda or auto.")]
-OutFileOpt = Annotated[
-    Path | None, Opt("--out", help="Write the Kaggle entry {task_id: [...]} here.", show_default=False)
-]
-
-
-def solve_config(
-    ttt_steps: int, ttt_seconds: float | None, ttt_optimizer: str, views: int, sampler: str, min_prob: float, seed: int
-) -> SolveConfig:
-    """The SolveConfig the shared options describe (everything else at its default)."""
-    fields = dict(ttt_steps=ttt_steps, ttt_seconds=ttt_seconds, views=views, sampler=sampler, min_prob=min_prob)
-    optimizer = DEFAULT.optimizer.model_dump() | {"name": ttt_optimizer}
-    try:
-        return SolveConfig.model_validate(fields | {"optimizer": optimizer, "seed": seed})
-    except ValidationError as e:
-        raise ConfigError(one_line(e, "solve options")) from None
-
 
 def _padded(solution: Solution) -> list[list]:
     """Exactly two attempts per test input, None where missing."""
@@ -99,7 +81,7 @@ def solve(
     seed: SeedOpt = DEFAULT.seed,
     as_json: JsonOpt = False,
     out_file: OutFileOpt = None,
-    explain: Annotated[bool, Opt(help="Show attempt 1's per-cell confidence and SBL activation rate.")] = False,
+    explain: Annotated[bool, typer.Option(help="Show attempt 1's per-cell confidence and SBL activation rate.")] = False,
     threads: ThreadsOpt = 0,
     device: DeviceOpt = "auto",
 ) -> None:

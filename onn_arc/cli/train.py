@@ -14,7 +14,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from onn_arc.checkpoint import load_checkpoint
 from onn_arc.cli.app import app
-from onn_arc.cli.common import SeedOpt, ThreadsOpt, err, out
+from onn_arc.cli.common import ThreadsOpt, err, out
 from onn_arc.config import ModelConfig, TrainConfig, one_line
 from onn_arc.errors import ConfigError
 from onn_arc.train import Run, RunPaths, prepare, resolve_device

@@ -1,0 +1,62 @@
+"""Shared by the benches: teacher-forced scoring of test outputs (loss, cell accuracy, SBL activation rate)."""
+
+from collections.abc import Iterator
+from dataclasses import dataclass, replace
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from onn_arc.data import Task
+from onn_arc.losses import activation_rate, loss_mask
+from onn_arc.model import TinyONN
+from onn_arc.tokens import N_COLOURS, OUT, PAD, Batch, Sequence, collate, encode_task
+
+
+def test_output_sequence(task: Task, test_index: int, max_len: int) -> Sequence:
+    """The task with test pair `test_index` last, its targets narrowed to that test output (cells, row ends and
+    the closing EOS): the demos' outputs are only context here."""
+    seq = encode_task(task, test_index, max_len=max_len)
+    targets = seq.targets.copy()
+    targets[: np.flatnonzero(seq.tokens == OUT)[-1] + 1] = False  # everything up to the test pair's OUT marker
+    return replace(seq, targets=targets)
+
+
+def batches(seqs: list[Sequence], batch_tokens: int) -> Iterator[Batch]:
+    """The sequences, shortest first, packed into batches of at most `batch_tokens` padded tokens (or one sequence)."""
+    group: list[Sequence] = []
+    for seq in sorted(seqs, key=len):
+        if group and len(seq) * (len(group) + 1) > batch_tokens:
+            yield collate(group)
+            group = []
+        group.append(seq)
+    if group:
+        yield collate(group)
+
+
+@dataclass(frozen=True)
+class Scores:
+    loss: float  # mean cross-entropy per target token (cells, row ends, closer)
+    cell_accuracy: float  # argmax equals the true colour, on output cells only (not row ends or the closer)
+    activation_rate: float  # mean fraction of SBL units firing over all tokens (1.0 for the dense baseline)
+    tokens: int  # target tokens scored
+    cells: int  # output cells scored
+
+
+@torch.inference_mode()
+def score(model: TinyONN, seqs: list[Sequence], batch_tokens: int = 8192) -> Scores:
+    """Teacher-forced loss and cell accuracy of `seqs`' targets (see `test_output_sequence`), in one pass."""
+    layers = [layer for _, layer in model.routed_layers()]
+    loss, right, rate = 0.0, 0, 0.0
+    tokens = cells = valid_tokens = 0
+    for b in batches(seqs, batch_tokens):
+        logits = model(b.tokens, b.rows, b.cols, b.pos)  # (B, T, V)
+        gold = b.tokens.roll(-1, dims=1)  # (B, T): the token each logit predicts
+        scored = loss_mask(b.targets)  # (B, T): logits that predict a target token
+        on_cells = loss_mask(b.targets & (b.tokens < N_COLOURS))  # (B, T): ... that predict an output cell
+        loss += F.cross_entropy(logits[scored], gold[scored], reduction="sum").item()
+        right += int((logits[on_cells].argmax(-1) == gold[on_cells]).sum())
+        valid = b.tokens != PAD  # (B, T)
+        rate += activation_rate(layers, valid) * int(valid.sum())
+        tokens, cells, valid_tokens = tokens + int(scored.sum()), cells + int(on_cells.sum()), valid_tokens + int(valid.sum())
+    return Scores(loss / tokens, right / cells, rate / valid_tokens, tokens, cells)

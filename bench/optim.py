@@ -1,0 +1,279 @@
+"""Gauss-Newton vs AdamW at equal wall-clock: held-out loss over time, time- and steps-to-target, GN's time split.
+
+    python bench/optim.py [--seconds 120] [--size small] [--arch onn] [--lrs 1e-3 3e-3 1e-2]    (make bench-optim)
+
+Both optimizers train the same model (same preset, same seed, so the same initial weights) on ARC-AGI-1 training
+tasks with the trainer's own pieces (`train.prepare`, `sample_batch`, `lr_factor`, `train_step`): step s of every
+run draws its batch from the generators `train._seeded(seed, s)`, so all runs see the same data in the same order.
+Held out: `--held-out` ARC-AGI-1 training tasks (a seeded draw among those whose every test pair encodes in
+<= 1024 tokens with all demos), removed from the training pool; the held-out loss is the teacher-forced loss of
+their test outputs under the identity view and `--views - 1` fixed random augmentations.
+Tuning: each optimizer gets every lr of the same grid (`--lrs`) and the same `--seconds` of training per run,
+its lr schedule (warm-up, cosine) ending at that budget; the run with the lowest final held-out loss is its pick.
+Timing: the clock counts training steps only (held-out evaluations are outside it). All runs live in one process
+and are stepped interleaved, always the one with the least training time next, so load on the shared machine
+falls on all of them alike. Target = AdamW's final held-out loss; steps/time to reach it are interpolated
+linearly between evaluations (`inf` when a run never reaches it). GN's per-step time is split by wrapping its
+methods (sampled-label pass, Gram matrices at the taps, factor averages, `psd_eigh`, the update) in this bench.
+Ends with one `RESULT key=value ...` line.
+"""
+
+import argparse
+import functools
+import math
+import os
+import tempfile
+import time
+from collections import defaultdict
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from rich.console import Console
+from rich.table import Table
+
+from common import score, test_output_sequence
+from onn_arc import train
+from onn_arc.augment import Augmentation
+from onn_arc.config import ModelConfig, OptimizerConfig, TrainConfig
+from onn_arc.data import Task, load_split
+from onn_arc.optim import GaussNewton, gauss_newton
+from onn_arc.tokens import Sequence, encode_task
+
+HELD_OUT_MAX_TOKENS = 1024  # held-out candidates: every test pair with all demos fits in this many tokens
+NEVER = 10**9  # a step budget no run reaches: the wall-clock budget ends every run
+
+
+class Clock:
+    """Seconds and calls per named phase, gathered by wrapping callables."""
+
+    def __init__(self) -> None:
+        self.seconds: defaultdict[str, float] = defaultdict(float)
+        self.calls: defaultdict[str, int] = defaultdict(int)
+
+    @contextmanager
+    def __call__(self, name: str) -> Iterator[None]:
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.seconds[name] += time.perf_counter() - start
+            self.calls[name] += 1
+
+    def wrap(self, name: str, fn: Callable) -> Callable:
+        @functools.wraps(fn)
+        def timed(*args, **kwargs):
+            with self(name):
+                return fn(*args, **kwargs)
+
+        return timed
+
+
+def instrument(run: train.Run, clock: Clock) -> None:
+    """Time the optimizer's phases on this run (instance attributes shadow the methods; the optimizer is unchanged)."""
+    opt = run.opt
+    opt.step = clock.wrap("opt_step", opt.step)
+    if not isinstance(opt, GaussNewton):
+        return
+    opt.accumulate_curvature = clock.wrap("sampled_pass", opt.accumulate_curvature)
+    opt._update_factors = clock.wrap("factor_ema", opt._update_factors)
+    capture, layers = opt.capture, run.model.tapped_layers()
+
+    @contextmanager
+    def timed_capture():
+        with capture():
+            for layer in layers:
+                if layer.tap is not None:
+                    layer.tap = clock.wrap("gram", layer.tap)
+            yield
+
+    opt.capture = timed_capture
+
+
+@dataclass
+class Trial:
+    """One optimizer at one lr: its run, held-out curve (step, seconds, loss) and clock."""
+
+    name: str
+    lr: float
+    run: train.Run
+    clock: Clock
+    curve: list[tuple[int, float, float]] = field(default_factory=list)
+    bad_in_a_row: int = 0
+
+    @property
+    def final(self) -> float:
+        return self.curve[-1][2] if self.bad_in_a_row < self.run.cfg.max_bad_steps else math.nan
+
+    def done(self) -> bool:
+        return self.run.elapsed >= self.run.cfg.seconds or not math.isfinite(self.final)
+
+
+def advance(t: Trial) -> None:
+    """One training step, as `Run.fit` takes it (same generators, batch, lr schedule and `train_step`)."""
+    run, cfg = t.run, t.run.cfg
+    started = time.perf_counter()
+    rng, generator = train._seeded(cfg.seed, run.step, 0, torch.device("cpu"))
+    with t.clock("data"):
+        batch = train.sample_batch(run.pool, rng, cfg.batch_tokens, cfg.model.max_len, cfg.augment)
+    factor = train.lr_factor(run.elapsed / cfg.seconds, run.step, cfg.warmup_steps, cfg.min_lr_ratio)
+    for g in run.opt.param_groups:
+        g["lr"] = g["initial_lr"] * factor
+    with t.clock("train_step"):
+        metrics = train.train_step(run.model, run.opt, batch, cfg, generator)
+    t.bad_in_a_row = t.bad_in_a_row + 1 if metrics["skipped"] else 0
+    run.step += 1
+    run.elapsed += time.perf_counter() - started
+
+
+def held_out(seed: int, n: int, views: int, max_len: int) -> tuple[list[str], list[Sequence]]:
+    """Ids of the held-out tasks and their test-output sequences under the identity and `views - 1` random views."""
+    limit = min(HELD_OUT_MAX_TOKENS, max_len)
+    fits = [t for t in load_split("arc1-train") if all(len(encode_task(t, i)) <= limit for i in range(len(t.test)))]
+    rng = np.random.default_rng(seed)
+    tasks: list[Task] = [fits[i] for i in sorted(rng.choice(len(fits), n, replace=False))]
+    seqs = []
+    for task in tasks:
+        augs = [Augmentation.identity(len(task.train))] + [Augmentation.random(rng, len(task.train)) for _ in range(views - 1)]
+        seqs += [test_output_sequence(a.apply(task), i, max_len) for a in augs for i in range(len(task.test))]
+    return [t.id for t in tasks], seqs
+
+
+def reach(curve: list[tuple[int, float, float]], target: float) -> tuple[float, float]:
+    """(step, seconds) where the curve first gets to `target`, interpolated between its points; inf if never."""
+    if curve[0][2] <= target:
+        return 0.0, 0.0
+    for (s0, t0, l0), (s1, t1, l1) in zip(curve, curve[1:]):
+        if l1 <= target:
+            f = (l0 - target) / (l0 - l1)
+            return s0 + f * (s1 - s0), t0 + f * (t1 - t0)
+    return math.inf, math.inf
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--seconds", type=float, default=120.0, help="training seconds per run")
+    p.add_argument("--size", default="small", help="model preset")
+    p.add_argument("--arch", default="onn", choices=["onn", "dense"])
+    p.add_argument("--lrs", type=float, nargs="+", default=[1e-3, 3e-3, 1e-2], help="lr grid, the same for both")
+    p.add_argument("--batch-tokens", type=int, default=4096)
+    p.add_argument("--held-out", type=int, default=16, help="held-out ARC-AGI-1 training tasks")
+    p.add_argument("--views", type=int, default=4, help="held-out views per test pair (the first is the identity)")
+    p.add_argument("--evals", type=int, default=12, help="held-out evaluations per run, evenly spaced in time")
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--quick", action="store_true", help="smoke test: tiny preset, a few seconds")
+    args = p.parse_args(argv)
+    if args.quick:
+        args.size, args.seconds, args.lrs, args.batch_tokens = "tiny", 1.5, [1e-3, 1e-2], 1024
+        args.held_out, args.views, args.evals = 3, 1, 2
+    torch.set_num_threads(args.threads)
+    out, log = Console(), Console(stderr=True)
+    load_before = os.getloadavg()[0]
+    model_cfg = ModelConfig.preset(args.size, arch=args.arch)
+    held_ids, held_seqs = held_out(args.seed, args.held_out, args.views, model_cfg.max_len)
+    clocks = {"adamw": Clock(), "gn": Clock()}
+    gauss_newton.psd_eigh = clocks["gn"].wrap("eigh", gauss_newton.psd_eigh)  # this process only
+
+    with tempfile.TemporaryDirectory() as tmp:
+        trials = []
+        for lr in args.lrs:
+            for name in ("adamw", "gn"):
+                cfg = TrainConfig(
+                    model=model_cfg, optimizer=OptimizerConfig(name=name, lr=lr), batch_tokens=args.batch_tokens,
+                    steps=NEVER, seconds=args.seconds, seed=args.seed,
+                )  # fmt: skip
+                run = train.prepare(cfg, Path(tmp) / f"{name}-{lr}")
+                run.pool = [ex for ex in run.pool if ex.task.id not in held_ids]
+                instrument(run, clocks[name])
+                trials.append(Trial(name, lr, run, clocks[name], [(0, 0.0, score(run.model, held_seqs).loss)]))
+        while active := [t for t in trials if not t.done()]:
+            t = min(active, key=lambda t: t.run.elapsed)
+            advance(t)
+            if t.run.elapsed >= len(t.curve) * args.seconds / args.evals or t.done():
+                t.curve.append((t.run.step, t.run.elapsed, score(t.run.model, held_seqs).loss))
+                log.print(f"{t.name:>5} lr={t.lr:g} step {t.run.step:4d} {t.run.elapsed:6.1f} s: held-out {t.curve[-1][2]:.4f}")
+
+    best = {name: min((t for t in trials if t.name == name), key=lambda t: np.nan_to_num(t.final, nan=math.inf))
+            for name in clocks}  # fmt: skip
+    adamw, gn = best["adamw"], best["gn"]
+    target = adamw.final
+    (a_steps, a_time), (g_steps, g_time) = reach(adamw.curve, target), reach(gn.curve, target)
+
+    grid = Table(title=f"lr grid: {args.seconds:g} s per run, final held-out loss (* = picked)")
+    for col in ("optimizer", "lr", "steps", "final loss"):
+        grid.add_column(col, justify="left" if col == "optimizer" else "right")
+    for t in trials:
+        mark = " *" if t is best[t.name] else ""
+        grid.add_row(t.name, f"{t.lr:g}", str(t.run.step), f"{t.final:.4f}{mark}")
+    out.print(grid)
+
+    curves = Table(title=f"held-out loss over time ({args.size} {args.arch}, {args.threads} threads)")
+    for col in ("budget", "AdamW step", "AdamW s", "AdamW loss", "GN step", "GN s", "GN loss", "GN / AdamW"):
+        curves.add_column(col, justify="right")
+    for k, (a, g) in enumerate(zip(adamw.curve, gn.curve)):
+        curves.add_row(f"{k}/{args.evals}", str(a[0]), f"{a[1]:.1f}", f"{a[2]:.4f}", str(g[0]), f"{g[1]:.1f}",
+                       f"{g[2]:.4f}", f"{g[2] / a[2]:.3f}")  # fmt: skip
+    out.print(curves)
+
+    gn_steps, ad_steps = sum(t.run.step for t in trials if t.name == "gn"), sum(t.run.step for t in trials if t.name == "adamw")
+    n_layers = len(gn.run.model.tapped_layers())
+    s, c = clocks["gn"].seconds, clocks["gn"].calls
+    stats = s["sampled_pass"] + s["gram"] + s["factor_ema"]
+    phases = {
+        "data (sample_batch)": (s["data"], clocks["adamw"].seconds["data"]),
+        "forward+backward": (s["train_step"] - s["sampled_pass"] - s["gram"] - s["opt_step"],
+                             clocks["adamw"].seconds["train_step"] - clocks["adamw"].seconds["opt_step"]),
+        "statistics (sampled pass, Grams, EMA)": (stats, 0.0),
+        "eigen refresh (psd_eigh)": (s["eigh"], 0.0),
+        "update": (s["opt_step"] - s["eigh"] - s["factor_ema"], clocks["adamw"].seconds["opt_step"]),
+    }  # fmt: skip
+    split = Table(title=f"time per step, ms (all runs: GN {gn_steps} steps, AdamW {ad_steps} steps)")
+    for col in ("phase", "GN", "AdamW"):
+        split.add_column(col, justify="left" if col == "phase" else "right")
+    ms = {name: (1000 * g / max(gn_steps, 1), 1000 * a / max(ad_steps, 1)) for name, (g, a) in phases.items()}
+    for name, (g, a) in ms.items():
+        split.add_row(name, f"{g:.1f}", f"{a:.1f}")
+    split.add_row("total", f"{sum(g for g, _ in ms.values()):.1f}", f"{sum(a for _, a in ms.values()):.1f}")
+    out.print(split)
+    collections, refreshes = c["factor_ema"] // n_layers, c["eigh"] // (2 * n_layers)
+    out.print(
+        f"GN: {collections} statistics collections ({1000 * stats / max(collections, 1):.0f} ms each), {refreshes} "
+        f"eigen refreshes ({1000 * s['eigh'] / max(refreshes, 1):.0f} ms each) over {n_layers} tapped layers. "
+        f"Held out ({len(held_ids)} ARC-AGI-1 training tasks, {len(held_seqs)} sequences): {' '.join(held_ids)}. "
+        f"Target {target:.4f} (AdamW's final): AdamW at step {a_steps:.0f} / {a_time:.1f} s, GN at step {g_steps:.0f} / "
+        f"{g_time:.1f} s. 1-min load average {load_before:.1f} before, {os.getloadavg()[0]:.1f} after on "
+        f"{os.cpu_count()} cores.",
+        soft_wrap=True,
+    )
+    half = min(len(adamw.curve), len(gn.curve)) // 2
+    result = {
+        "gn_steps_ratio": round(g_steps / a_steps, 3) if a_steps else math.nan,
+        "gn_time_ratio": round(g_time / a_time, 3) if a_time else math.nan,
+        "adamw_final_loss": round(adamw.final, 4),
+        "gn_final_loss": round(gn.final, 4),
+        "loss_ratio_final": round(gn.final / adamw.final, 4),
+        "loss_ratio_half": round(gn.curve[half][2] / adamw.curve[half][2], 4),
+        "adamw_lr": adamw.lr,
+        "gn_lr": gn.lr,
+        "adamw_steps": adamw.run.step,
+        "gn_steps": gn.run.step,
+        "gn_ms_step": round(sum(g for g, _ in ms.values()), 1),
+        "adamw_ms_step": round(sum(a for _, a in ms.values()), 1),
+        "gn_ms_fwd_bwd": round(ms["forward+backward"][0], 1),
+        "gn_ms_stats": round(ms["statistics (sampled pass, Grams, EMA)"][0], 1),
+        "gn_ms_eigh": round(ms["eigen refresh (psd_eigh)"][0], 1),
+        "gn_ms_update": round(ms["update"][0], 1),
+        "seconds": args.seconds,
+        "size": args.size,
+        "arch": args.arch,
+        "threads": args.threads,
+    }
+    print("RESULT " + " ".join(f"{k}={v}" for k, v in result.items()))
+
+
+if __name__ == "__main__":
+    main()
