@@ -4,7 +4,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed-stamp
 ONNARC := $(VENV)/bin/onn-arc
 
-.PHONY: install test test-all run bench-model bench-optim bench-fit bench-solve clean
+.PHONY: install test test-all run ship bench-model bench-optim bench-fit bench-solve clean
 
 $(PY):
 	python3 -m venv $(VENV)
@@ -21,8 +21,14 @@ test: $(STAMP)
 test-all: $(STAMP)
 	$(PY) -m pytest -q -m ''
 
+# The main job: solve a bundled example task with the shipped checkpoint (checkpoints/default).
 run: $(STAMP)
-	$(ONNARC) show 007bbfb7 --answer
+	$(ONNARC) solve data/6150a2bd.json --threads 2
+
+# Ship a finished training run as the default checkpoint (weights, config, provenance; no optimizer state).
+RUN ?= runs/default
+ship: $(STAMP)
+	$(PY) -c "from onn_arc.checkpoint import export_weights; export_weights('$(RUN)/checkpoint', 'checkpoints/default')"
 
 bench-model: $(STAMP)
 	$(PY) bench/model.py

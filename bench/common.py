@@ -58,5 +58,9 @@ def score(model: TinyONN, seqs: list[Sequence], batch_tokens: int = 8192) -> Sco
         right += int((logits[on_cells].argmax(-1) == gold[on_cells]).sum())
         valid = b.tokens != PAD  # (B, T)
         rate += activation_rate(layers, valid) * int(valid.sum())
-        tokens, cells, valid_tokens = tokens + int(scored.sum()), cells + int(on_cells.sum()), valid_tokens + int(valid.sum())
+        tokens, cells, valid_tokens = (
+            tokens + int(scored.sum()),
+            cells + int(on_cells.sum()),
+            valid_tokens + int(valid.sum()),
+        )
     return Scores(loss / tokens, right / cells, rate / valid_tokens, tokens, cells)

@@ -4,7 +4,7 @@
 
 Both optimizers train the same model (same preset, same seed, so the same initial weights) on ARC-AGI-1 training
 tasks with the trainer's own pieces (`train.prepare`, `sample_batch`, `lr_factor`, `train_step`): step s of every
-run draws its batch from the generators `train._seeded(seed, s)`, so all runs see the same data in the same order.
+run draws its batch from `train.step_generators(seed, s)`, so all runs see the same data in the same order.
 Held out: `--held-out` ARC-AGI-1 training tasks (a seeded draw among those whose every test pair encodes in
 <= 1024 tokens with all demos), removed from the training pool; the held-out loss is the teacher-forced loss of
 their test outputs under the identity view and `--views - 1` fixed random augmentations.
@@ -20,6 +20,7 @@ Ends with one `RESULT key=value ...` line.
 
 import argparse
 import functools
+import itertools
 import math
 import os
 import tempfile
@@ -32,10 +33,10 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from common import score, test_output_sequence  # bench/common.py, beside this script
 from rich.console import Console
 from rich.table import Table
 
-from common import score, test_output_sequence
 from onn_arc import train
 from onn_arc.augment import Augmentation
 from onn_arc.config import ModelConfig, OptimizerConfig, TrainConfig
@@ -116,7 +117,7 @@ def advance(t: Trial) -> None:
     """One training step, as `Run.fit` takes it (same generators, batch, lr schedule and `train_step`)."""
     run, cfg = t.run, t.run.cfg
     started = time.perf_counter()
-    rng, generator = train._seeded(cfg.seed, run.step, 0, torch.device("cpu"))
+    rng, generator = train.step_generators(cfg.seed, run.step, 0, torch.device("cpu"))
     with t.clock("data"):
         batch = train.sample_batch(run.pool, rng, cfg.batch_tokens, cfg.model.max_len, cfg.augment)
     factor = train.lr_factor(run.elapsed / cfg.seconds, run.step, cfg.warmup_steps, cfg.min_lr_ratio)
@@ -137,7 +138,9 @@ def held_out(seed: int, n: int, views: int, max_len: int) -> tuple[list[str], li
     tasks: list[Task] = [fits[i] for i in sorted(rng.choice(len(fits), n, replace=False))]
     seqs = []
     for task in tasks:
-        augs = [Augmentation.identity(len(task.train))] + [Augmentation.random(rng, len(task.train)) for _ in range(views - 1)]
+        augs = [Augmentation.identity(len(task.train))] + [
+            Augmentation.random(rng, len(task.train)) for _ in range(views - 1)
+        ]
         seqs += [test_output_sequence(a.apply(task), i, max_len) for a in augs for i in range(len(task.test))]
     return [t.id for t in tasks], seqs
 
@@ -146,14 +149,36 @@ def reach(curve: list[tuple[int, float, float]], target: float) -> tuple[float, 
     """(step, seconds) where the curve first gets to `target`, interpolated between its points; inf if never."""
     if curve[0][2] <= target:
         return 0.0, 0.0
-    for (s0, t0, l0), (s1, t1, l1) in zip(curve, curve[1:]):
+    for (s0, t0, l0), (s1, t1, l1) in itertools.pairwise(curve):
         if l1 <= target:
             f = (l0 - target) / (l0 - l1)
             return s0 + f * (s1 - s0), t0 + f * (t1 - t0)
     return math.inf, math.inf
 
 
-def main(argv: list[str] | None = None) -> None:
+PHASES = {  # result key: label
+    "data": "data (sample_batch)",
+    "fwd_bwd": "forward+backward (+ clipping)",
+    "stats": "statistics (sampled pass, Grams, EMA)",
+    "eigh": "eigen refresh (psd_eigh)",
+    "update": "update",
+}
+
+
+def phase_ms(clock: Clock, steps: int) -> dict[str, float]:
+    """Milliseconds per step in each of PHASES, averaged over `steps` (AdamW has no statistics or refresh)."""
+    s = clock.seconds
+    seconds = {
+        "data": s["data"],
+        "fwd_bwd": s["train_step"] - s["sampled_pass"] - s["gram"] - s["opt_step"],
+        "stats": s["sampled_pass"] + s["gram"] + s["factor_ema"],
+        "eigh": s["eigh"],
+        "update": s["opt_step"] - s["eigh"] - s["factor_ema"],
+    }
+    return {key: 1000 * v / max(steps, 1) for key, v in seconds.items()}
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--seconds", type=float, default=120.0, help="training seconds per run")
     p.add_argument("--size", default="small", help="model preset")
@@ -165,40 +190,57 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--evals", type=int, default=12, help="held-out evaluations per run, evenly spaced in time")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--quick", action="store_true", help="smoke test: tiny preset, a few seconds")
+    p.add_argument("--quick", action="store_true", help="smoke test: tiny preset, 1.5 s per run")
     args = p.parse_args(argv)
     if args.quick:
         args.size, args.seconds, args.lrs, args.batch_tokens = "tiny", 1.5, [1e-3, 1e-2], 1024
         args.held_out, args.views, args.evals = 3, 1, 2
-    torch.set_num_threads(args.threads)
-    out, log = Console(), Console(stderr=True)
-    load_before = os.getloadavg()[0]
-    model_cfg = ModelConfig.preset(args.size, arch=args.arch)
-    held_ids, held_seqs = held_out(args.seed, args.held_out, args.views, model_cfg.max_len)
-    clocks = {"adamw": Clock(), "gn": Clock()}
-    gauss_newton.psd_eigh = clocks["gn"].wrap("eigh", gauss_newton.psd_eigh)  # this process only
+    return args
 
+
+def run_trials(args: argparse.Namespace, held_ids: list[str], held_seqs: list[Sequence], log: Console) -> list[Trial]:
+    """Every (lr, optimizer) run to its budget, stepped interleaved; held-out loss at start and every budget / evals."""
+    clocks = {"adamw": Clock(), "gn": Clock()}
+    gauss_newton.psd_eigh = clocks["gn"].wrap("eigh", gauss_newton.psd_eigh)  # in this process only
+    model_cfg = ModelConfig.preset(args.size, arch=args.arch)
+    trials = []
     with tempfile.TemporaryDirectory() as tmp:
-        trials = []
         for lr in args.lrs:
-            for name in ("adamw", "gn"):
+            for name, clock in clocks.items():
+                optimizer = OptimizerConfig(name=name, lr=lr)
                 cfg = TrainConfig(
-                    model=model_cfg, optimizer=OptimizerConfig(name=name, lr=lr), batch_tokens=args.batch_tokens,
-                    steps=NEVER, seconds=args.seconds, seed=args.seed,
-                )  # fmt: skip
-                run = train.prepare(cfg, Path(tmp) / f"{name}-{lr}")
+                    model=model_cfg,
+                    optimizer=optimizer,
+                    batch_tokens=args.batch_tokens,
+                    steps=NEVER,
+                    seconds=args.seconds,
+                    seed=args.seed,
+                )
+                run = train.prepare(cfg, Path(tmp) / f"{name}-{lr}")  # same seed: the same initial weights
                 run.pool = [ex for ex in run.pool if ex.task.id not in held_ids]
-                instrument(run, clocks[name])
-                trials.append(Trial(name, lr, run, clocks[name], [(0, 0.0, score(run.model, held_seqs).loss)]))
+                instrument(run, clock)
+                trials.append(Trial(name, lr, run, clock, [(0, 0.0, score(run.model, held_seqs).loss)]))
         while active := [t for t in trials if not t.done()]:
             t = min(active, key=lambda t: t.run.elapsed)
             advance(t)
             if t.run.elapsed >= len(t.curve) * args.seconds / args.evals or t.done():
                 t.curve.append((t.run.step, t.run.elapsed, score(t.run.model, held_seqs).loss))
-                log.print(f"{t.name:>5} lr={t.lr:g} step {t.run.step:4d} {t.run.elapsed:6.1f} s: held-out {t.curve[-1][2]:.4f}")
+                loss = t.curve[-1][2]
+                log.print(f"{t.name:>5} lr={t.lr:g} step {t.run.step:5d} {t.run.elapsed:6.1f} s: held-out {loss:.4f}")
+    return trials
 
-    best = {name: min((t for t in trials if t.name == name), key=lambda t: np.nan_to_num(t.final, nan=math.inf))
-            for name in clocks}  # fmt: skip
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    torch.set_num_threads(args.threads)
+    out, log = Console(), Console(stderr=True)
+    load_before = os.getloadavg()[0]
+    held_ids, held_seqs = held_out(args.seed, args.held_out, args.views, ModelConfig.preset(args.size).max_len)
+    trials = run_trials(args, held_ids, held_seqs, log)
+    best = {
+        name: min((t for t in trials if t.name == name), key=lambda t: np.nan_to_num(t.final, nan=math.inf))
+        for name in ("adamw", "gn")
+    }
     adamw, gn = best["adamw"], best["gn"]
     target = adamw.final
     (a_steps, a_time), (g_steps, g_time) = reach(adamw.curve, target), reach(gn.curve, target)
@@ -207,46 +249,36 @@ def main(argv: list[str] | None = None) -> None:
     for col in ("optimizer", "lr", "steps", "final loss"):
         grid.add_column(col, justify="left" if col == "optimizer" else "right")
     for t in trials:
-        mark = " *" if t is best[t.name] else ""
-        grid.add_row(t.name, f"{t.lr:g}", str(t.run.step), f"{t.final:.4f}{mark}")
+        grid.add_row(t.name, f"{t.lr:g}", str(t.run.step), f"{t.final:.4f}" + (" *" if t is best[t.name] else ""))
     out.print(grid)
 
     curves = Table(title=f"held-out loss over time ({args.size} {args.arch}, {args.threads} threads)")
-    for col in ("budget", "AdamW step", "AdamW s", "AdamW loss", "GN step", "GN s", "GN loss", "GN / AdamW"):
+    for col in ("time s", "AdamW step", "AdamW loss", "GN step", "GN loss", "GN / AdamW"):
         curves.add_column(col, justify="right")
     for k, (a, g) in enumerate(zip(adamw.curve, gn.curve)):
-        curves.add_row(f"{k}/{args.evals}", str(a[0]), f"{a[1]:.1f}", f"{a[2]:.4f}", str(g[0]), f"{g[1]:.1f}",
-                       f"{g[2]:.4f}", f"{g[2] / a[2]:.3f}")  # fmt: skip
+        row = (k * args.seconds / args.evals, a[0], f"{a[2]:.4f}", g[0], f"{g[2]:.4f}", f"{g[2] / a[2]:.3f}")
+        curves.add_row(*map(str, row))
     out.print(curves)
 
-    gn_steps, ad_steps = sum(t.run.step for t in trials if t.name == "gn"), sum(t.run.step for t in trials if t.name == "adamw")
-    n_layers = len(gn.run.model.tapped_layers())
-    s, c = clocks["gn"].seconds, clocks["gn"].calls
-    stats = s["sampled_pass"] + s["gram"] + s["factor_ema"]
-    phases = {
-        "data (sample_batch)": (s["data"], clocks["adamw"].seconds["data"]),
-        "forward+backward": (s["train_step"] - s["sampled_pass"] - s["gram"] - s["opt_step"],
-                             clocks["adamw"].seconds["train_step"] - clocks["adamw"].seconds["opt_step"]),
-        "statistics (sampled pass, Grams, EMA)": (stats, 0.0),
-        "eigen refresh (psd_eigh)": (s["eigh"], 0.0),
-        "update": (s["opt_step"] - s["eigh"] - s["factor_ema"], clocks["adamw"].seconds["opt_step"]),
-    }  # fmt: skip
-    split = Table(title=f"time per step, ms (all runs: GN {gn_steps} steps, AdamW {ad_steps} steps)")
+    steps = {name: sum(t.run.step for t in trials if t.name == name) for name in best}
+    ms = {name: phase_ms(best[name].clock, n) for name, n in steps.items()}
+    split = Table(title=f"time per step, ms (all runs: GN {steps['gn']} steps, AdamW {steps['adamw']} steps)")
     for col in ("phase", "GN", "AdamW"):
         split.add_column(col, justify="left" if col == "phase" else "right")
-    ms = {name: (1000 * g / max(gn_steps, 1), 1000 * a / max(ad_steps, 1)) for name, (g, a) in phases.items()}
-    for name, (g, a) in ms.items():
-        split.add_row(name, f"{g:.1f}", f"{a:.1f}")
-    split.add_row("total", f"{sum(g for g, _ in ms.values()):.1f}", f"{sum(a for _, a in ms.values()):.1f}")
+    for key, label in PHASES.items():
+        split.add_row(label, f"{ms['gn'][key]:.1f}", f"{ms['adamw'][key]:.1f}")
+    split.add_row("total", *(f"{sum(ms[name].values()):.1f}" for name in ("gn", "adamw")))
     out.print(split)
-    collections, refreshes = c["factor_ema"] // n_layers, c["eigh"] // (2 * n_layers)
+    n_layers = len(gn.run.model.tapped_layers())
+    collections, refreshes = gn.clock.calls["factor_ema"] // n_layers, gn.clock.calls["eigh"] // (2 * n_layers)
     out.print(
-        f"GN: {collections} statistics collections ({1000 * stats / max(collections, 1):.0f} ms each), {refreshes} "
-        f"eigen refreshes ({1000 * s['eigh'] / max(refreshes, 1):.0f} ms each) over {n_layers} tapped layers. "
+        f"GN ({n_layers} tapped layers): {collections} statistics collections "
+        f"({ms['gn']['stats'] * steps['gn'] / max(collections, 1):.0f} ms each), {refreshes} eigen refreshes "
+        f"({ms['gn']['eigh'] * steps['gn'] / max(refreshes, 1):.0f} ms each). "
         f"Held out ({len(held_ids)} ARC-AGI-1 training tasks, {len(held_seqs)} sequences): {' '.join(held_ids)}. "
-        f"Target {target:.4f} (AdamW's final): AdamW at step {a_steps:.0f} / {a_time:.1f} s, GN at step {g_steps:.0f} / "
-        f"{g_time:.1f} s. 1-min load average {load_before:.1f} before, {os.getloadavg()[0]:.1f} after on "
-        f"{os.cpu_count()} cores.",
+        f"Target {target:.4f} (AdamW's final): AdamW reaches it at step {a_steps:.0f} / {a_time:.1f} s, GN at step "
+        f"{g_steps:.0f} / {g_time:.1f} s. 1-min load average {load_before:.1f} before, {os.getloadavg()[0]:.1f} "
+        f"after on {os.cpu_count()} cores.",
         soft_wrap=True,
     )
     half = min(len(adamw.curve), len(gn.curve)) // 2
@@ -261,12 +293,9 @@ def main(argv: list[str] | None = None) -> None:
         "gn_lr": gn.lr,
         "adamw_steps": adamw.run.step,
         "gn_steps": gn.run.step,
-        "gn_ms_step": round(sum(g for g, _ in ms.values()), 1),
-        "adamw_ms_step": round(sum(a for _, a in ms.values()), 1),
-        "gn_ms_fwd_bwd": round(ms["forward+backward"][0], 1),
-        "gn_ms_stats": round(ms["statistics (sampled pass, Grams, EMA)"][0], 1),
-        "gn_ms_eigh": round(ms["eigen refresh (psd_eigh)"][0], 1),
-        "gn_ms_update": round(ms["update"][0], 1),
+        "adamw_ms_step": round(sum(ms["adamw"].values()), 1),
+        "gn_ms_step": round(sum(ms["gn"].values()), 1),
+        **{f"gn_ms_{key}": round(v, 1) for key, v in ms["gn"].items()},
         "seconds": args.seconds,
         "size": args.size,
         "arch": args.arch,

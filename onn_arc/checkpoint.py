@@ -319,3 +319,9 @@ def default_checkpoint() -> Path:
     if not path.exists() and not _backup_of(path).exists():
         raise CheckpointError(f"no checkpoint at {path}; train one with `onn-arc train` or pass --checkpoint")
     return path
+
+
+def export_weights(source: str | Path, target: str | Path) -> Path:
+    """Copy a checkpoint without its training state: what ships in `checkpoints/` (same weights, config, provenance)."""
+    c = load_checkpoint(source)
+    return save_checkpoint(target, c.model, c.meta.data, c.meta.step, dict(c.meta.metrics), c.meta.train_config)

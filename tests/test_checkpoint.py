@@ -354,3 +354,15 @@ def test_inspect_reports_a_corrupt_checkpoint(saved):
     shutil.copy(folder / "checkpoint.json", folder / "model.safetensors")
     result = CliRunner().invoke(app, ["inspect", str(folder)])
     assert result.exit_code == 1 and "truncated or corrupt" in result.stderr
+
+
+def test_export_weights_drops_train_state_only(tmp_path):
+    from onn_arc.checkpoint import export_weights
+
+    model = TinyONN(ModelConfig.preset("tiny"))
+    data = TrainingData(sources=["s"], test_outputs_from=["s"], demos_only=[], task_ids_with_test_outputs=["a"], n_tasks=1)
+    save_checkpoint(tmp_path / "run", model, data, 7, {"main": 0.5}, {"seed": 1}, train_state={"step": 7})
+    export_weights(tmp_path / "run", tmp_path / "ship")
+    shipped = load_checkpoint(tmp_path / "ship")
+    assert shipped.train_state is None and shipped.meta.step == 7 and shipped.meta.data == data
+    assert all(torch.equal(a, b) for a, b in zip(shipped.model.state_dict().values(), model.state_dict().values()))

@@ -1,0 +1,48 @@
+"""Smoke tests of bench/optim.py and bench/fit.py: their --quick modes run and end with a complete RESULT line."""
+
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+BENCH = Path(__file__).resolve().parent.parent / "bench"
+
+
+def result(script: str) -> dict[str, str]:
+    """Run `bench/<script> --quick` on one thread; the key=value pairs of its one RESULT line."""
+    proc = subprocess.run(
+        [sys.executable, str(BENCH / script), "--quick", "--threads", "1"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    lines = [line for line in proc.stdout.splitlines() if line.startswith("RESULT ")]
+    assert len(lines) == 1, proc.stdout[-3000:]
+    return dict(pair.split("=", 1) for pair in lines[0].split()[1:])
+
+
+@pytest.mark.slow
+def test_optim_quick_reports_both_optimizers():
+    r = result("optim.py")
+    for key in ("adamw_final_loss", "gn_final_loss"):
+        assert 0 < float(r[key]) < math.log(16)  # trained below the uniform guess over the vocabulary
+    assert float(r["adamw_lr"]) in (1e-3, 1e-2) and float(r["gn_lr"]) in (1e-3, 1e-2)  # the quick grid
+    assert float(r["gn_steps_ratio"]) > 0 and float(r["gn_time_ratio"]) > 0  # inf when GN never got there
+    assert int(r["adamw_steps"]) > 0 and int(r["gn_steps"]) > 0
+    for phase in ("fwd_bwd", "stats", "eigh", "update"):
+        assert float(r[f"gn_ms_{phase}"]) >= 0
+    assert float(r["gn_ms_fwd_bwd"]) > 0 and r["size"] == "tiny"
+
+
+@pytest.mark.slow
+def test_fit_quick_reports_both_archs():
+    r = result("fit.py")
+    for arch in ("onn", "dense"):
+        assert 0 <= float(r[f"fit_cell_acc_{arch}"]) <= 1 and 0 <= float(r[f"fit_exact_{arch}"]) <= 1
+        assert int(r[f"steps_{arch}"]) == 6  # the quick step budget
+    assert 0 <= int(r["distinct_colours_predicted"]) <= 10 and 1 <= int(r["distinct_colours_true"]) <= 10
+    assert 0 < float(r["activation_rate"]) <= 1 and r["tasks"] == "4"
