@@ -291,7 +291,7 @@ class Run:
         )
 
     def fit(self, on_step: Callable[[int, dict[str, float]], None] | None = None) -> dict[str, float]:
-        """Train until the budget; returns the last step's metrics.
+        """Train until the budget; returns the last step's metrics ({} when the budget was already spent).
 
         Saves a checkpoint every `checkpoint_every` steps, at the end, and when
         SIGINT/SIGTERM asks it to stop. `on_step(step, metrics)` runs after every step.
@@ -331,7 +331,7 @@ class Run:
                     self.save(metrics)  # never over the last good checkpoint with a skipped step's metrics
                 if stop_requested():
                     break
-            if self.step % cfg.checkpoint_every != 0 and not stop_requested() and not metrics.get("skipped"):
+            if metrics and self.step % cfg.checkpoint_every != 0 and not stop_requested() and not metrics["skipped"]:
                 self.save(metrics)
         return metrics
 

@@ -133,3 +133,11 @@ def test_torchrun_two_cpu_processes(tmp_path):
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert load_checkpoint(tmp_path / "checkpoint").meta.step == 3
     assert len((tmp_path / "metrics.jsonl").read_text().splitlines()) == 3  # rank 0 only
+
+
+def test_resuming_a_finished_run_changes_nothing(tmp_path):
+    tr.prepare(_cfg(steps=4), tmp_path).fit()  # 4 is not a multiple of checkpoint_every=3: the final save writes step 4
+    before = load_checkpoint(tmp_path / "checkpoint").meta
+    assert tr.prepare(_cfg(steps=4), tmp_path, resume=True).fit() == {}
+    after = load_checkpoint(tmp_path / "checkpoint").meta
+    assert (after.step, after.metrics, after.created) == (4, before.metrics, before.created)

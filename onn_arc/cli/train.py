@@ -137,7 +137,9 @@ def _run(run: Run, device: torch.device, show: bool) -> None:
                 )
 
         metrics = run.fit(on_step)
-    if show:
+    if show and not metrics:
+        out.print(f"nothing to do: {paths.checkpoint} is already at step {run.step} of {cfg.steps} (raise --steps)")
+    elif show:
         out.print(
             f"checkpoint {paths.checkpoint} · loss {metrics['main']:.4f} · acc {metrics['acc']:.4f} · "
             f"metrics {paths.metrics}",
