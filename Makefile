@@ -4,7 +4,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed-stamp
 ONNARC := $(VENV)/bin/onn-arc
 
-.PHONY: install test test-all run ship bench-model bench-optim bench-fit bench-solve clean
+.PHONY: install test test-all run ship bench-model bench-optim bench-fit bench-solve ablations clean
 
 $(PY):
 	python3 -m venv $(VENV)
@@ -41,6 +41,10 @@ bench-fit: $(STAMP)
 
 bench-solve: $(STAMP)
 	$(PY) bench/solve.py
+
+# Training and solving ablations on one budget and subset (about 2 hours on 2 cores; resumable).
+ablations: $(STAMP)
+	$(PY) bench/ablations.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info

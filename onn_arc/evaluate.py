@@ -8,7 +8,7 @@
 A rerun in the same folder skips the tasks already in results.jsonl, so an interrupted run resumes, and it gives the
 same report as an uninterrupted one except for timing fields (`seconds`, `ttt_seconds`, `seconds_per_task`);
 tasks are solved independently, each from the same seed. A checkpoint trained on any of the tasks' test outputs is
-refused (LeakageError).
+refused (LeakageError) unless `allow_seen` asks for a fit measurement; the report's `seen_tasks` then counts them.
 
 Beside pass@2 the report carries leading indicators where the truth is known: the best attempt's shape correctness
 and cell accuracy (scoring.py), and the teacher-forced loss of the true output (its tokens and the token that ends
@@ -164,8 +164,8 @@ def _mean(values: list[float]) -> float | None:
     return sum(values) / len(values) if values else None
 
 
-def _report(tasks: list[Task], records: dict[str, dict[str, Any]], settings: dict[str, Any]) -> Evaluation:
-    """The scores and report.json of finished records, in task order."""
+def _report(tasks: list[Task], records: dict[str, dict[str, Any]], settings: dict[str, Any], seen: int) -> Evaluation:
+    """The scores and report.json of finished records, in task order; `seen` tasks were trained on."""
     scorer = Scorer()
     rows = []
     for task in tasks:
@@ -185,6 +185,7 @@ def _report(tasks: list[Task], records: dict[str, dict[str, Any]], settings: dic
         "failed": sum(r["error"] is not None for r in rows),
         "tf_loss": _mean([x for r in rows for x in r["tf_loss"] if x is not None]),
         "seconds_per_task": _mean([r["seconds"] for r in rows]),
+        "seen_tasks": seen,  # tasks whose test outputs the checkpoint was trained on (allow_seen)
     }
     return Evaluation(summary, {"settings": settings, "summary": overview, "tasks": rows})
 
@@ -211,12 +212,14 @@ def evaluate(
     workers: int = 1,
     on_task: Callable[[TaskDone], None] | None = None,
     device: str | torch.device = "cpu",
+    allow_seen: bool = False,
 ) -> Evaluation:
     """Solve and score `tasks` with the checkpoint, resumably, in `out_dir` (see the module docstring).
 
     workers > 1 solves tasks in that many processes (each loads the checkpoint once and uses cores // workers
     threads); workers = 1 runs here with the current torch thread count. `on_task` sees every finished task,
-    those resumed from an earlier run first.
+    those resumed from an earlier run first. `allow_seen` scores tasks whose test outputs the checkpoint was
+    trained on (how well it fits its training data, never a score to report as one).
     """
     if workers < 1:
         raise ConfigError(f"workers={workers}: must be at least 1")
@@ -224,7 +227,7 @@ def evaluate(
         raise ConfigError("the task list names a task twice")
     loaded = load_checkpoint(checkpoint_folder, device=device)
     leaked = loaded.meta.data.leaks_into(tasks)
-    if leaked:
+    if leaked and not allow_seen:
         shown = ", ".join(leaked[:3]) + (", ..." if len(leaked) > 3 else "")
         raise LeakageError(
             f"{loaded.folder} was trained on the test outputs of {len(leaked)} of these {len(tasks)} tasks ({shown}) "
@@ -270,7 +273,7 @@ def evaluate(
                 pool.shutdown(cancel_futures=True)
                 raise
 
-    evaluation = _report(tasks, records, settings)
+    evaluation = _report(tasks, records, settings, seen=len(leaked))
     write_submission(out / SUBMISSION, {t.id: _grids(records[t.id]["attempts"]) for t in tasks})
     _write_json(out / REPORT, evaluation.report)
     return evaluation

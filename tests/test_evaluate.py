@@ -118,6 +118,8 @@ def test_a_checkpoint_trained_on_the_test_outputs_is_refused(tmp_path):
     message = str(info.value)
     assert "\n" not in message and "2 of these 4 tasks" in message and "25ff71a9" in message and "mine" in message
     assert not (tmp_path / "out").exists()
+    fit = evaluate(folder, TASKS[:2], CFG, tmp_path / "fit", allow_seen=True).report["summary"]  # measured on purpose
+    assert fit["seen_tasks"] == 1 and fit["n_tasks"] == 2
 
 
 def test_teacher_forced_loss_counts_only_the_true_test_output(checkpoint):
@@ -158,6 +160,7 @@ def test_cli_eval_prints_a_table_and_a_summary(checkpoint, tmp_path):
     assert result.exit_code == 0, result.output
     summary = json.loads(result.stdout)
     assert summary["n_tasks"] == 1 and summary["failed"] == 1 and summary["pass_at_2"] == 0
+    assert summary["seen_tasks"] == 0
 
 
 def test_cli_eval_errors_are_one_line(checkpoint, tmp_path):
@@ -174,3 +177,7 @@ def test_cli_eval_errors_are_one_line(checkpoint, tmp_path):
         assert result.exit_code == 1, result.output
         assert words in result.stderr and len(result.stderr.strip().splitlines()) == 1, result.stderr
     assert _run("eval", "--workers", "0").exit_code == 2
+    fit = ["--checkpoint", str(leaky), "--ttt-steps", "1", "--ttt-optimizer", "adamw", "--tasks", "6150a2bd"]
+    result = _run("eval", "--split", str(DATA), "--out", str(tmp_path / "fit"), "--allow-seen", *fit)
+    assert result.exit_code == 0, result.output
+    assert "fit, not a score" in result.stdout and "1 of these 1 tasks" in result.stdout

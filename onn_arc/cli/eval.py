@@ -39,6 +39,13 @@ SplitOpt = Annotated[str, Opt(help="Tasks: a split, a folder or file of tasks, o
 LimitOpt = Annotated[int | None, Opt(min=1, help="Only the first N tasks, in order.", show_default=False)]
 TasksOpt = Annotated[str | None, Opt("--tasks", help="Only these task ids (comma-separated).", show_default=False)]
 WorkersOpt = Annotated[int, Opt(min=1, help="Tasks solved in parallel processes (each with cores / workers threads).")]
+AllowSeenOpt = Annotated[
+    bool,
+    Opt(
+        "--allow-seen",
+        help="Also score tasks whose test outputs the checkpoint was trained on: a fit measurement, never a score.",
+    ),
+]
 OutDirOpt = Annotated[
     Path | None,
     Opt("--out", help="Run folder (default: runs/eval-<split>-<checkpoint>); rerun to resume.", show_default=False),
@@ -107,6 +114,7 @@ def eval_command(
     min_prob: MinProbOpt = DEFAULT.min_prob,
     seed: SeedOpt = DEFAULT.seed,
     workers: WorkersOpt = 1,
+    allow_seen: AllowSeenOpt = False,
     out_dir: OutDirOpt = None,
     as_json: JsonOpt = False,
     threads: ThreadsOpt = 0,
@@ -140,7 +148,9 @@ def eval_command(
             progress.update(bar, info=f"{running}  last {done.record['task_id']}")
 
         dev = resolve_device(device)
-        evaluation = evaluate(folder, chosen, cfg, out_dir, workers=workers, on_task=on_task, device=dev)
+        evaluation = evaluate(
+            folder, chosen, cfg, out_dir, workers=workers, on_task=on_task, device=dev, allow_seen=allow_seen
+        )
 
     summary = evaluation.report["summary"]
     if as_json:
@@ -157,4 +167,10 @@ def eval_command(
         f"{_number(summary['seconds_per_task'], 1)} s/task  failed {summary['failed']}",
         soft_wrap=True,
     )
+    if summary["seen_tasks"]:
+        out.print(
+            f"[yellow]fit, not a score:[/] the checkpoint was trained on the test outputs of {summary['seen_tasks']} "
+            f"of these {len(chosen)} tasks",
+            soft_wrap=True,
+        )
     out.print(f"report: {Path(out_dir) / 'report.json'}  submission: {Path(out_dir) / 'submission.json'}")

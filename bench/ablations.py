@@ -1,0 +1,123 @@
+"""Ablations on one budget and one task subset: which parts of Tiny-ONN matter?
+
+    python bench/ablations.py [--root runs/ablations] [--jobs 2] [--steps 2000] [--limit 20]        (make ablations)
+
+Every variant is trained by `onn-arc train` with the same budget (the `small` preset, `--steps` steps of 4096
+padded tokens, seed 0, ARC-AGI-1 training split only), then scored by `onn-arc eval` on the first `--limit` tasks of
+the ARC-AGI-1 evaluation split with the default solve settings (test-time training on each task's demos, 6 views).
+Variants change one thing against `onn-gn`:
+
+    onn-gn        Tiny-ONN (Sparse Bayesian Layers), Gauss-Newton preconditioned updates: the reference
+    dense-gn      the dense baseline of the same width and depth
+    onn-adamw     AdamW instead of Gauss-Newton (same learning rate and schedule)
+    onn-nogate    SML gate loss off (--gate-weight 0)
+    onn-nokl      adaptive-prior KL off (--kl-weight 0)
+    ttt-off       onn-gn's checkpoint, solved without test-time training (--ttt-steps 0)
+    views-1/8     onn-gn's checkpoint, solved in 1 or 8 views instead of 6
+
+The CLI commands are printed as they start; each job runs with one torch thread, `--jobs` at a time. Everything
+resumes: a finished training run or evaluation is reused, an interrupted one continues (rerun the same command).
+Ends with a table and one `RESULT key=value ...` line per variant.
+"""
+
+import argparse
+import json
+import shlex
+import subprocess
+import sys
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+from rich.console import Console
+from rich.table import Table
+
+TRAINED = {  # variant -> `onn-arc train` flags beyond the shared budget
+    "onn-gn": ["--optimizer", "gn"],
+    "dense-gn": ["--optimizer", "gn", "--arch", "dense"],
+    "onn-adamw": ["--optimizer", "adamw"],
+    "onn-nogate": ["--optimizer", "gn", "--gate-weight", "0"],
+    "onn-nokl": ["--optimizer", "gn", "--kl-weight", "0"],
+}
+SOLVED = {  # variant -> (trained variant, `onn-arc eval` flags beyond the defaults)
+    **{name: (name, []) for name in TRAINED},
+    "ttt-off": ("onn-gn", ["--ttt-steps", "0"]),
+    "views-1": ("onn-gn", ["--views", "1"]),
+    "views-8": ("onn-gn", ["--views", "8"]),
+}
+TAIL = 100  # training steps averaged for the final loss and activation rate
+
+console = Console()
+
+
+def onn_arc(args: list[str], log: Path) -> None:
+    """Run `onn-arc ARGS` (this Python's), its output to `log`; stop the bench with the log's tail if it fails."""
+    shown = "onn-arc " + shlex.join(args)
+    console.print(f"[dim]$ {shown}[/]", soft_wrap=True)
+    with log.open("a") as f:
+        code = subprocess.run([sys.executable, "-m", "onn_arc", *args], stdout=f, stderr=subprocess.STDOUT).returncode
+    if code != 0:
+        sys.exit(f"failed ({code}): {shown}\n" + "".join(log.read_text().splitlines(True)[-5:]))
+
+
+def train(root: Path, name: str, steps: int) -> None:
+    out = root / name
+    resume = ["--resume"] if (out / "checkpoint").exists() else []
+    budget = ["--size", "small", "--steps", str(steps), "--batch-tokens", "4096", "--checkpoint-every", "200"]
+    args = ["train", "--out", str(out), *budget, "--seed", "0", "--threads", "1", *TRAINED[name], *resume]
+    onn_arc(args, root / f"{name}.train.log")
+
+
+def evaluate(root: Path, name: str, limit: int) -> None:
+    trained, flags = SOLVED[name]
+    args = [
+        "eval", "--split", "arc1-eval", "--limit", str(limit), "--checkpoint", str(root / trained / "checkpoint"),
+        "--out", str(root / name / "eval"), "--threads", "1", *flags,
+    ]  # fmt: skip
+    onn_arc(args, root / f"{name}.eval.log")
+
+
+def training_summary(folder: Path) -> dict[str, float]:
+    rows = [json.loads(line) for line in (folder / "metrics.jsonl").read_text().splitlines()]
+    tail = rows[-TAIL:]
+    return {
+        "steps": rows[-1]["step"],
+        "train_minutes": rows[-1]["elapsed"] / 60,
+        "tok_s": sum(r["tok_s"] for r in rows) / len(rows),
+        "train_loss": sum(r["main"] for r in tail) / len(tail),
+        "activation_rate": sum(r["activation_rate"] for r in tail) / len(tail),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--root", type=Path, default=Path("runs/ablations"))
+    parser.add_argument("--jobs", type=int, default=2, help="jobs at once, one torch thread each")
+    parser.add_argument("--steps", type=int, default=2000, help="training steps per variant")
+    parser.add_argument("--limit", type=int, default=20, help="first N ARC-AGI-1 evaluation tasks")
+    args = parser.parse_args()
+    args.root.mkdir(parents=True, exist_ok=True)
+
+    with ThreadPoolExecutor(args.jobs) as pool:
+        list(pool.map(lambda name: train(args.root, name, args.steps), TRAINED))
+        list(pool.map(lambda name: evaluate(args.root, name, args.limit), SOLVED))
+
+    table = Table(title=f"ablations: small preset, {args.steps} steps × 4096 tokens; first {args.limit} arc1-eval tasks")
+    columns = ["variant", "pass@2", "solved", "shape", "cells", "tf loss", "s/task", "train loss", "act", "tok/s", "train min"]
+    for column in columns:
+        table.add_column(column, justify="left" if column == "variant" else "right")
+    for name, (trained, _) in SOLVED.items():
+        t = training_summary(args.root / trained)
+        s = json.loads((args.root / name / "eval" / "report.json").read_text())["summary"]
+        table.add_row(
+            name, f"{s['pass_at_2']:.3f}", f"{s['solved_tasks']}/{s['scored_tasks']}", f"{s['shape_correct']:.2f}",
+            f"{s['cell_accuracy']:.3f}", f"{s['tf_loss']:.3f}", f"{s['seconds_per_task']:.1f}",
+            f"{t['train_loss']:.3f}", f"{t['activation_rate']:.3f}", f"{t['tok_s']:.0f}", f"{t['train_minutes']:.1f}",
+        )  # fmt: skip
+        values = {"pass2": s["pass_at_2"], "shape": s["shape_correct"], "cells": s["cell_accuracy"]}
+        values |= {"tf_loss": s["tf_loss"], "sec_per_task": s["seconds_per_task"], **t}
+        console.print(f"RESULT variant={name} " + " ".join(f"{k}={v:.4g}" for k, v in values.items()), soft_wrap=True)
+    console.print(table)
+
+
+if __name__ == "__main__":
+    main()
