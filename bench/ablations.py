@@ -9,7 +9,7 @@ Variants change one thing against `onn-gn`:
 
     onn-gn        Tiny-ONN (Sparse Bayesian Layers), Gauss-Newton preconditioned updates: the reference
     dense-gn      the dense baseline of the same width and depth
-    onn-adamw     AdamW instead of Gauss-Newton (same learning rate and schedule)
+    onn-adamw     AdamW instead of Gauss-Newton, at its own best lr in bench/optim.py (1e-2; GN: 3e-3)
     onn-nogate    SML gate loss off (--gate-weight 0)
     onn-nokl      adaptive-prior KL off (--kl-weight 0)
     ttt-off       onn-gn's checkpoint, solved without test-time training (--ttt-steps 0)
@@ -34,7 +34,7 @@ from rich.table import Table
 TRAINED = {  # variant -> `onn-arc train` flags beyond the shared budget
     "onn-gn": ["--optimizer", "gn"],
     "dense-gn": ["--optimizer", "gn", "--arch", "dense"],
-    "onn-adamw": ["--optimizer", "adamw"],
+    "onn-adamw": ["--optimizer", "adamw", "--lr", "1e-2"],
     "onn-nogate": ["--optimizer", "gn", "--gate-weight", "0"],
     "onn-nokl": ["--optimizer", "gn", "--kl-weight", "0"],
 }
@@ -46,7 +46,7 @@ SOLVED = {  # variant -> (trained variant, `onn-arc eval` flags beyond the defau
 }
 TAIL = 100  # training steps averaged for the final loss and activation rate
 
-console = Console()
+console = Console(width=None if sys.stdout.isatty() else 150)  # the table's 11 columns in a log
 
 
 def onn_arc(args: list[str], log: Path) -> None:

@@ -316,7 +316,7 @@ def test_provenance_names_only_listed_sources():
 
 def test_inspect_shows_config_parameters_provenance_and_activation(saved):
     folder, model = saved
-    result = CliRunner().invoke(app, ["inspect", str(folder), "--tasks", "1"])
+    result = CliRunner().invoke(app, ["inspect", str(folder), "--tasks", "1", "--threads", "1"])
     assert result.exit_code == 0, result.output
     for title in ("checkpoint", "parameters", "training", "SBL activation", "arc1-train", "blocks.0.ffn.up"):
         assert title in result.stdout

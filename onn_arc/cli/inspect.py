@@ -11,7 +11,7 @@ from rich.table import Table
 from onn_arc import data
 from onn_arc.checkpoint import LoadedCheckpoint, default_checkpoint, load_checkpoint
 from onn_arc.cli.app import app
-from onn_arc.cli.common import JsonOpt, out
+from onn_arc.cli.common import JsonOpt, ThreadsOpt, out
 from onn_arc.errors import TaskError
 from onn_arc.model import SBL, TinyONN
 from onn_arc.tokens import PAD, collate, encode_task
@@ -154,8 +154,12 @@ def _render(ckpt: LoadedCheckpoint, params: dict[str, int], activation: dict[str
 
 
 @app.command()
-def inspect(checkpoint: CheckpointArg = None, tasks: TasksOpt = 4, as_json: JsonOpt = False) -> None:
+def inspect(
+    checkpoint: CheckpointArg = None, tasks: TasksOpt = 4, as_json: JsonOpt = False, threads: ThreadsOpt = 0
+) -> None:
     """Show a checkpoint: config, parameter counts, training provenance, metrics and per-layer activation rates."""
+    if threads:
+        torch.set_num_threads(threads)
     ckpt = load_checkpoint(checkpoint if checkpoint is not None else default_checkpoint())
     params = parameter_counts(ckpt.model)
     activation = activation_stats(ckpt.model, tasks) if tasks else None
