@@ -79,10 +79,12 @@ def evaluate(root: Path, name: str, limit: int) -> None:
 def training_summary(folder: Path) -> dict[str, float]:
     rows = [json.loads(line) for line in (folder / "metrics.jsonl").read_text().splitlines()]
     tail = rows[-TAIL:]
+    seconds = [b["elapsed"] - a["elapsed"] for a, b in zip([{"elapsed": 0.0}, *rows], rows)]  # each step's
+    padded_tokens = sum(r["tok_s"] * s for r, s in zip(rows, seconds))
     return {
         "steps": rows[-1]["step"],
         "train_minutes": rows[-1]["elapsed"] / 60,
-        "tok_s": sum(r["tok_s"] for r in rows) / len(rows),
+        "tok_s": padded_tokens / rows[-1]["elapsed"],  # padded tokens per second of step time
         "train_loss": sum(r["main"] for r in tail) / len(tail),
         "activation_rate": sum(r["activation_rate"] for r in tail) / len(tail),
     }
