@@ -42,7 +42,7 @@ bench-fit: $(STAMP)
 bench-solve: $(STAMP)
 	$(PY) bench/solve.py
 
-# Training and solving ablations on one budget and subset (about 2 hours on 2 cores; resumable).
+# Training and solving ablations on one budget and subset (about an hour on 2 cores; resumable).
 ablations: $(STAMP)
 	$(PY) bench/ablations.py
 
