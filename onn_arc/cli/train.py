@@ -104,6 +104,8 @@ def train_command(
     rank0 = not distributed or dist.get_rank() == 0
     try:
         _run(prepare(cfg, paths.root, resume, dev), dev, show=rank0)
+        if distributed:
+            dist.barrier()  # leave together: a rank that tears gloo down while rank 0 still saves aborts the run
     finally:
         if distributed:
             dist.destroy_process_group()
@@ -128,7 +130,7 @@ def _run(run: Run, device: torch.device, show: bool) -> None:
 
         def on_step(step: int, m: dict[str, float]) -> None:
             progress.update(bar, completed=step, info=f"loss {m['main']:.3f} acc {m['acc']:.3f} {m['tok_s']:.0f} tok/s")
-            if step % log_every == 0 or m["skipped"]:
+            if show and (step % log_every == 0 or m["skipped"]):
                 progress.console.print(
                     f"step {step}: loss {m['main']:.4f} gate {m['gate']:.4f} kl {m['kl']:.4f} acc {m['acc']:.4f} "
                     f"act {m['activation_rate']:.3f} |g| {m['grad_norm']:.2f} lr {m['lr']:.2e} {m['tok_s']:.0f} tok/s"
