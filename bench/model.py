@@ -1,10 +1,13 @@
-"""Model speed on the CPU: training tokens/s (Tiny-ONN vs the dense baseline), decode tokens/s with and without cache.
+"""Model speed on the CPU: training tokens/s (Tiny-ONN vs the dense baseline, fp32 and bf16), decode tokens/s with and
+without cache, and how much of a training batch is real tokens.
 
     python bench/model.py        (make bench-model)
 
 Training: one ~1k-token real ARC-AGI-1 task per step, base preset, 2 threads, both archs timed interleaved in
 one process; a step is `forward_backward` (main loss, surprise, gate and KL losses; no optimizer), and plain
-model forward+backward is shown beside it. The speed ratio is the median of the paired per-round ratios.
+model forward+backward is shown beside it. The speed ratio is the median of the paired per-round ratios. Where the CPU
+has bf16 instructions, `forward_backward` also runs under bf16 autocast in the same rounds (`bf16_speedup`, the median
+paired ratio; elsewhere the bench says so and reports fp32 only). One sequence per step, so tokens/s are real tokens/s.
 Decoding: a 30x30 test output (930 tokens) after a real task prompt, one token per step, feeding the true
 answer (the cost does not depend on which token comes). Without a cache every step reruns the whole
 sequence; that is timed on evenly spaced steps and averaged (the mean step time over all steps).
@@ -17,20 +20,24 @@ import time
 from collections.abc import Callable
 
 import torch
+import torch.nn.functional as F
 from rich.console import Console
 from rich.table import Table
 
-from onn_arc.config import LossConfig, ModelConfig
+from onn_arc import train
+from onn_arc.config import LossConfig, ModelConfig, TrainConfig
 from onn_arc.data import load_split
 from onn_arc.losses import forward_backward
 from onn_arc.model import KVCache, TinyONN
-from onn_arc.tokens import Batch, collate, encode_task, grid_length
+from onn_arc.precision import autocast, resolve
+from onn_arc.tokens import PAD, Batch, collate, encode_task, grid_length
 
 THREADS = 2
 TRAIN_ROUNDS = 15  # interleaved training steps per arch (after one warm-up round)
 DECODE_ROUNDS = 3  # interleaved decode runs per arch
 FULL_SAMPLES = 10  # no-cache decode steps timed per run, evenly spaced over the output
 SEQ_LEN = (950, 1100)  # training sequence lengths (tokens)
+PACKED = 8  # sequences of 512 tokens in the packing-vs-bucketing attention comparison
 OUTPUT_LEN = 930  # a 30x30 grid: 30 rows of 30 cells and a row end
 
 
@@ -53,9 +60,37 @@ def model_step(model: TinyONN, batch: Batch) -> None:
     model.zero_grad(set_to_none=True)
 
 
-def loss_step(model: TinyONN, batch: Batch, rates: list[float]) -> None:
-    rates.append(forward_backward(model, batch, LossConfig())["activation_rate"])
+def loss_step(model: TinyONN, batch: Batch, rates: list[float], precision: str = "fp32") -> None:
+    rates.append(forward_backward(model, batch, LossConfig(), precision=precision)["activation_rate"])
     model.zero_grad(set_to_none=True)
+
+
+def real_token_fraction(batches: int = 200) -> float:
+    """Real (non-pad) over padded tokens in the first `batches` steps' training batches at the default settings."""
+    cfg = TrainConfig()
+    pool, _ = train.build_pool(cfg.sources, cfg.demo_sources)
+    real = padded = 0
+    for step in range(batches):
+        rng, _ = train.step_generators(cfg.seed, step, 0, torch.device("cpu"))
+        b = train.sample_batch(pool, rng, cfg.batch_tokens, cfg.model.max_len, cfg.augment)
+        real, padded = real + int((b.tokens != PAD).sum()), padded + b.n_tokens
+    return real / padded
+
+
+def packed_attention_ratio(precision: str) -> float:
+    """Attention forward+backward time of PACKED sequences of 512 tokens packed into rows of 2048 with a
+    block-diagonal causal mask, over the same sequences as a (bucketed) batch of 512-token rows (`is_causal`)."""
+    seg = torch.arange(2048) // 512
+    mask = (seg[:, None] == seg[None, :]) & (torch.arange(2048)[:, None] >= torch.arange(2048))  # (2048, 2048)
+    shapes = {"packed": (PACKED // 4, 1, 2048, 128), "bucketed": (PACKED, 1, 512, 128)}  # (B, H, T, hd)
+    seconds: dict[str, list[float]] = {k: [] for k in shapes}
+    with autocast(precision, "cpu"):
+        for _ in range(4):
+            for kind, shape in shapes.items():
+                q, k, v = (torch.randn(shape, requires_grad=True) for _ in range(3))
+                opts = {"attn_mask": mask} if kind == "packed" else {"is_causal": True}
+                seconds[kind].append(timed(lambda: F.scaled_dot_product_attention(q, k, v, **opts).sum().backward()))
+    return min(seconds["packed"]) / min(seconds["bucketed"])
 
 
 def decode_cached(model: TinyONN, seq: Batch, prompt_len: int) -> float:
@@ -88,21 +123,27 @@ def main() -> None:
 
     # training: interleaved rounds, one sequence per step
     batches = [collate([s]) for s in train_seqs]
-    train: dict[tuple[str, str], list[float]] = {(arch, kind): [] for arch in models for kind in ("model", "loss")}
+    bf16 = resolve("auto", "cpu") == "bf16"  # measured only where this CPU has bf16 instructions
+    kinds = ("model", "loss", "loss_bf16") if bf16 else ("model", "loss")
+    train: dict[tuple[str, str], list[float]] = {(arch, kind): [] for arch in models for kind in kinds}
     rates: dict[str, list[float]] = {arch: [] for arch in models}
     for r in range(TRAIN_ROUNDS + 1):
         batch = batches[r % len(batches)]
         for arch, model in models.items():
-            steps = {"model": lambda: model_step(model, batch), "loss": lambda: loss_step(model, batch, rates[arch])}
-            for kind, step in steps.items():
+            steps = {
+                "model": lambda: model_step(model, batch),
+                "loss": lambda: loss_step(model, batch, rates[arch]),
+                "loss_bf16": lambda: loss_step(model, batch, rates[arch], "bf16"),
+            }
+            for kind in kinds:
+                step = steps[kind]
                 seconds = timed(step)
                 if r:  # round 0 warms up
                     train[arch, kind].append(batch.n_tokens / seconds)
     tok_s = {key: statistics.median(v) for key, v in train.items()}
-    ratio = {
-        kind: statistics.median(o / d for o, d in zip(train["onn", kind], train["dense", kind]))
-        for kind in ("model", "loss")
-    }
+    ratio = {kind: statistics.median(o / d for o, d in zip(train["onn", kind], train["dense", kind])) for kind in kinds}
+    if bf16:
+        speedup = {a: statistics.median(b / f for b, f in zip(train[a, "loss_bf16"], train[a, "loss"])) for a in models}
 
     # decoding: a 30x30 output after the task's prompt (demos dropped by the context policy as needed)
     seq = collate([encode_task(decode_task, max_len=cfg.max_len)])
@@ -114,18 +155,35 @@ def main() -> None:
                 model.eval()
                 decode[arch, "cached"].append(decode_cached(model, seq, prompt_len))
                 decode[arch, "full"].append(decode_full(model, seq, prompt_len))
+            if bf16:
+                with autocast("bf16", "cpu"):
+                    decode.setdefault(("onn", "cached_bf16"), []).append(decode_cached(models["onn"], seq, prompt_len))
     dec = {key: statistics.median(v) for key, v in decode.items()}
 
-    table = Table(title=f"Tiny-ONN base preset ({THREADS} threads, fp32, median of rounds)")
+    fraction = real_token_fraction()
+    packed = packed_attention_ratio("bf16" if bf16 else "fp32")
+
+    table = Table(title=f"Tiny-ONN base preset ({THREADS} threads, fp32 unless marked bf16, median of rounds)")
     for name in ("measure", *models, "onn / dense"):
         table.add_column(name, justify="left" if name == "measure" else "right")
     table.add_row("parameters", *(f"{m.num_params():,}" for m in models.values()), "")
-    for kind, label in (("model", "model fwd+bwd"), ("loss", "forward_backward")):
-        table.add_row(f"train tok/s: {label}", *(f"{tok_s[a, kind]:,.0f}" for a in models), f"{ratio[kind]:.2f}")
+    labels = {"model": "model fwd+bwd", "loss": "forward_backward", "loss_bf16": "forward_backward, bf16"}
+    for kind in kinds:
+        table.add_row(f"train tok/s: {labels[kind]}", *(f"{tok_s[a, kind]:,.0f}" for a in models), f"{ratio[kind]:.2f}")
+    if bf16:
+        table.add_row("bf16 speed-up (forward_backward)", *(f"{speedup[a]:.2f}x" for a in models), "")
     table.add_row("decode tok/s, KV cache", *(f"{dec[a, 'cached']:,.1f}" for a in models), "")
+    if bf16:
+        table.add_row("decode tok/s, KV cache, bf16", f"{dec['onn', 'cached_bf16']:,.1f}", "", "")
     table.add_row("decode tok/s, no cache", *(f"{dec[a, 'full']:,.1f}" for a in models), "")
     table.add_row("cache speed-up", *(f"{dec[a, 'cached'] / dec[a, 'full']:,.1f}x" for a in models), "")
     console.print(table)
+    console.print(
+        f"training batches: {fraction:.1%} real tokens over {TrainConfig().batch_tokens}-token batches of arc1-train "
+        f"(200 steps, length-bucketed); packing {PACKED} sequences of 512 tokens into rows of 2048 with a "
+        f"block-diagonal mask costs {packed:.2f}x the attention time of bucketing them"
+        + ("" if bf16 else "; this CPU has no bf16 instructions (avx512_bf16/amx_bf16): fp32 only")
+    )
     console.print(
         f"train: {len(batches)} sequences of {min(map(len, train_seqs))}-{max(map(len, train_seqs))} tokens; "
         f"decode: task {decode_task.id}, prompt {prompt_len} tokens + {OUTPUT_LEN} generated; "
@@ -133,6 +191,14 @@ def main() -> None:
         f"{os.getloadavg()[0]:.1f} after on {os.cpu_count()} cores (other processes on the cores make {THREADS}-thread "
         "timings slow and erratic: every parallel op then waits for a descheduled thread)"
     )
+    if bf16:
+        result_bf16 = {
+            "train_tok_s_fp32": round(tok_s["onn", "loss"]),
+            "train_tok_s_bf16": round(tok_s["onn", "loss_bf16"]),
+            "bf16_speedup": round(speedup["onn"], 2),
+            "bf16_speedup_dense": round(speedup["dense"], 2),
+            "decode_tok_s_cached_bf16": round(dec["onn", "cached_bf16"], 1),
+        }
     result = {
         "train_tok_s_onn": round(tok_s["onn", "loss"]),
         "train_tok_s_dense": round(tok_s["dense", "loss"]),
@@ -144,9 +210,13 @@ def main() -> None:
         "decode_tok_s_full": round(dec["onn", "full"], 1),
         "cache_speedup": round(dec["onn", "cached"] / dec["onn", "full"], 1),
         "decode_tok_s_cached_dense": round(dec["dense", "cached"], 1),
+        "real_token_fraction": round(fraction, 3),
+        "packed_attention_ratio": round(packed, 2),
         "params_onn": models["onn"].num_params(),
         "params_dense": models["dense"].num_params(),
     }
+    if bf16:
+        result |= result_bf16
     print("RESULT " + " ".join(f"{k}={v}" for k, v in result.items()))
 
 

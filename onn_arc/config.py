@@ -7,6 +7,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from onn_arc import tokens
 from onn_arc.errors import ConfigError
+from onn_arc.precision import Precision
 
 
 def one_line(exc: ValidationError, source: str) -> str:
@@ -112,6 +113,7 @@ class TrainConfig(BaseModel):
     sources: list[str] = ["arc1-train"]  # data sources trained on, demos and test outputs
     demo_sources: list[str] = []  # sources of which only demos are used (leave-one-out pseudo-tasks)
     batch_tokens: int = Field(default=8192, gt=0)  # padded tokens per step (per rank)
+    precision: Precision = "auto"  # bf16 autocast where the hardware runs it fast, else fp32 (precision.py)
     steps: int = Field(default=2000, gt=0)  # step budget; the lr schedule ends here
     seconds: float | None = Field(default=None, gt=0)  # optional wall-clock budget; the schedule follows it too
     warmup_steps: int = Field(default=50, ge=0)  # linear lr warm-up
@@ -139,6 +141,8 @@ class SolveConfig(BaseModel):
     loss: LossConfig = LossConfig()  # test-time training losses
     augment: AugmentConfig = AugmentConfig()  # random transforms of the test-time training examples
     grad_clip: float = Field(default=1.0, gt=0)  # test-time training: max global gradient norm
+    precision: Precision = "auto"  # test-time training: bf16 autocast where fast (decoding is fp32: faster one token
+    # at a time, see bench/model.py)
     views: int = Field(default=6, ge=1)  # augmented views decoded and voted over (view 0 is the task as given)
     sampler: Literal["greedy", "dfs"] = "greedy"  # one grid per view, or every grid above min_prob
     min_prob: float = Field(default=0.1, gt=0, le=1)  # dfs: a candidate's probability floor

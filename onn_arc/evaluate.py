@@ -33,6 +33,7 @@ from onn_arc.data import Task
 from onn_arc.errors import ConfigError, LeakageError, TaskError
 from onn_arc.losses import main_loss
 from onn_arc.model import TinyONN
+from onn_arc.precision import Precision, autocast, resolve
 from onn_arc.scoring import Scorer, ScoreSummary, TaskScore, write_submission
 from onn_arc.solve import solve_task
 from onn_arc.tokens import OUT, Batch, collate, encode_task
@@ -56,9 +57,10 @@ class Evaluation:
     report: dict[str, Any]  # what report.json holds
 
 
-def teacher_forced_loss(model: TinyONN, task: Task, test_index: int) -> float | None:
+def teacher_forced_loss(model: TinyONN, task: Task, test_index: int, precision: Precision = "fp32") -> float | None:
     """Mean cross-entropy of the true output's tokens (cells, row ends, the closing EOS) given everything before,
-    with the task as given; None without a test output or when the pair does not fit the context."""
+    with the task as given, the forward in `precision`; None without a test output or when the pair does not fit
+    the context."""
     if task.test[test_index].output is None:
         return None
     try:
@@ -69,16 +71,18 @@ def teacher_forced_loss(model: TinyONN, task: Task, test_index: int) -> float | 
     start = int((batch.tokens[0] == OUT).nonzero()[-1]) + 1  # the test output's first token
     targets = batch.targets.clone()
     targets[:, :start] = False  # only the test output: the demos' outputs are context here
-    batch = Batch(batch.tokens, batch.rows, batch.cols, batch.pos, targets).to(next(model.parameters()).device)
-    with torch.inference_mode():
-        loss, _ = main_loss(model(batch.tokens, batch.rows, batch.cols, batch.pos), batch.tokens, batch.targets)
+    device = next(model.parameters()).device
+    batch = Batch(batch.tokens, batch.rows, batch.cols, batch.pos, targets).to(device)
+    with torch.inference_mode(), autocast(precision, device):
+        logits = model(batch.tokens, batch.rows, batch.cols, batch.pos).float()  # (1, T, V)
+    loss, _ = main_loss(logits, batch.tokens, batch.targets)
     return loss.item()
 
 
 def run_task(model: TinyONN, task: Task, cfg: SolveConfig) -> dict[str, Any]:
     """Solve one task; its results.jsonl record. A task that cannot be solved (TaskError) is recorded as failed."""
     started = time.perf_counter()
-    tf_loss = [teacher_forced_loss(model, task, i) for i in range(len(task.test))]
+    tf_loss = [teacher_forced_loss(model, task, i, cfg.precision) for i in range(len(task.test))]
     try:
         solved = solve_task(model, task, cfg).to_json() | {"error": None}
     except TaskError as e:
@@ -93,7 +97,7 @@ def run_task(model: TinyONN, task: Task, cfg: SolveConfig) -> dict[str, Any]:
 
 
 def _flat(settings: dict[str, Any]) -> dict[str, Any]:
-    return {"weights_sha256": settings.get("weights_sha256")} | {
+    return {k: settings.get(k) for k in ("weights_sha256", "precision")} | {
         f"solve.{k}": v for k, v in (settings.get("solve") or {}).items()
     }
 
@@ -239,6 +243,7 @@ def evaluate(
         "checkpoint": str(loaded.folder.resolve()),
         "weights_sha256": loaded.meta.files[MODEL_FILE],
         "solve": cfg.model_dump(mode="json"),
+        "precision": resolve(cfg.precision, device),  # what `solve.precision` meant on this machine
     }
     _check_settings(out / SETTINGS, settings)
     records = _read_results(out / RESULTS)

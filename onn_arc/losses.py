@@ -29,6 +29,7 @@ from torch import Tensor
 
 from onn_arc.config import LossConfig
 from onn_arc.model import SBL, SIGMA_INIT, TinyONN
+from onn_arc.precision import Precision, autocast
 from onn_arc.tokens import PAD, Batch
 
 MIN_UNCERTAINTY = 0.1  # floor of u in the KL prior scale
@@ -79,11 +80,11 @@ class SurpriseRecorder:
     def _keep(self, layer: SBL, inputs: tuple[Tensor, ...], y: Tensor) -> None:
         if not y.requires_grad:
             return
-        self._inputs[layer] = inputs[0].detach().flatten(0, -2)[self.index]  # (K, d_in)
+        self._inputs[layer] = inputs[0].detach().flatten(0, -2)[self.index].float()  # (K, d_in)
 
         def store(grad: Tensor) -> None:
             if self.collecting:
-                self._surprise[layer] = grad.flatten(0, -2)[self.index].abs()  # (K, d_out)
+                self._surprise[layer] = grad.flatten(0, -2)[self.index].abs().float()  # (K, d_out)
 
         y.register_hook(store)
 
@@ -145,19 +146,21 @@ def forward_backward(
     cfg: LossConfig,
     capture: AbstractContextManager = contextlib.nullcontext(),
     curvature: Callable[[Tensor, Tensor], None] | None = None,
+    precision: Precision = "fp32",
 ) -> dict[str, float]:
     """One training step's gradients, accumulated into .grad; returns every term as a detached float.
 
-    Forward inside `capture`; main loss; main backward (hooks collect the surprise); then, if given,
-    `curvature(logits, loss_mask(targets))` on the retained graph; then the gate and KL losses' backward.
+    Forward inside `capture`, in `precision` (the logits and everything after them are fp32); main loss; main
+    backward (hooks collect the surprise); then, if given, `curvature(logits, loss_mask(targets))` on the retained
+    graph; then the gate and KL losses' backward.
     """
     layers = [layer for _, layer in model.routed_layers()]
     valid = batch.tokens != PAD  # (B, T)
     recording = cfg.gate_weight > 0 and bool(layers)
     index = sample_tokens(valid, cfg.gate_tokens) if recording else valid.new_zeros(0, dtype=torch.long)
     recorder = SurpriseRecorder(layers if recording else [], index)
-    with capture, recorder:
-        logits = model(batch.tokens, batch.rows, batch.cols, batch.pos)  # (B, T, V)
+    with capture, recorder, autocast(precision, batch.tokens.device):
+        logits = model(batch.tokens, batch.rows, batch.cols, batch.pos).float()  # (B, T, V)
     main, accuracy = main_loss(logits, batch.tokens, batch.targets)
     recorder.collecting = True
     main.backward(retain_graph=curvature is not None)

@@ -2,9 +2,10 @@
 
 1. Test-time training fine-tunes a deep copy of the model on the task's own demos: leave-one-out pseudo-tasks (each
    demo in turn is the test pair, so the real test outputs are never involved), randomly augmented, for at most
-   `ttt_steps` steps and `ttt_seconds` seconds, with the training step of `train.py` and a cosine-decayed lr.
-2. `views` augmented copies of the task are decoded (view 0 is the task as given, the others random whole-task
-   augmentations). Each test input's prompt leaves room for an output as large as the largest grid in the task.
+   `ttt_steps` steps and `ttt_seconds` seconds, with the training step of `train.py` and a cosine-decayed lr, in
+   `cfg.precision`.
+2. `views` augmented copies of the task are decoded in fp32 (view 0 is the task as given, the others random
+   whole-task augmentations; one token at a time bf16 autocast is slower, bench/model.py). Each test input's prompt leaves room for an output as large as the largest grid in the task.
 3. Every candidate grid is mapped back through its view's inverse; distinct grids are ranked by the number of views
    that produced them, then by their log-probability summed over those views. The top two are the attempts.
 
@@ -26,7 +27,7 @@ from onn_arc.config import SolveConfig, TrainConfig
 from onn_arc.data import Grid, Task
 from onn_arc.errors import TaskError
 from onn_arc.model import TinyONN
-from onn_arc.tokens import Sequence, encode_task
+from onn_arc.tokens import Sequence, encode_task, grid_room
 from onn_arc.train import Example, leave_one_out, lr_factor, make_optimizer, sample_batch, step_generators, train_step
 
 Progress = Callable[[str, int, int], None]  # (stage, done, total): "ttt" steps, then "decode" view × test prompts
@@ -83,22 +84,17 @@ class Solution:
 # ---------------------------------------------------------------- prompts
 
 
-def _room(grid: Grid) -> int:
-    """Tokens a grid takes in any orientation (a transposed grid has one row end per column)."""
-    return len(grid) * len(grid[0]) + max(len(grid), len(grid[0]))
-
-
 def output_room(task: Task) -> int:
     """Tokens kept free after a prompt: the largest grid of the task, plus the token that ends it."""
     grids = [p.output for p in task.train] + [p.input for p in task.test]
-    return 1 + max(_room(g) for g in grids)
+    return 1 + max(grid_room(g) for g in grids)
 
 
 def check_fits(task: Task, max_len: int) -> None:
     """TaskError when a test input, with room for its output, cannot fit the context."""
     room = output_room(task)
     for i, pair in enumerate(task.test):
-        need = 3 + _room(pair.input) + room  # BOS IN input OUT, then the output
+        need = 3 + grid_room(pair.input) + room  # BOS IN input OUT, then the output
         if need > max_len:
             h, w = len(pair.input), len(pair.input[0])
             raise TaskError(
@@ -137,6 +133,7 @@ def fine_tune(
     train_cfg = TrainConfig(
         model=model.cfg, loss=cfg.loss, optimizer=cfg.optimizer, augment=cfg.augment,
         batch_tokens=cfg.ttt_batch_tokens, steps=cfg.ttt_steps, grad_clip=cfg.grad_clip, seed=cfg.seed,
+        precision=cfg.precision,
     )  # fmt: skip
     opt = make_optimizer(tuned, cfg.optimizer)
     started, step, loss = time.perf_counter(), 0, None

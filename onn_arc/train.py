@@ -15,6 +15,7 @@ and Gauss-Newton statistics are averaged with all-reduce before the update, and
 only rank 0 writes checkpoints and metrics.
 """
 
+import functools
 import json
 import math
 import os
@@ -37,9 +38,10 @@ from onn_arc.errors import ConfigError, TaskError, TrainingError
 from onn_arc.losses import forward_backward
 from onn_arc.model import TinyONN
 from onn_arc.optim import GaussNewton
-from onn_arc.tokens import Batch, collate, encode_task
+from onn_arc.tokens import Batch, Sequence, collate, encode_task, task_room
 
 EVAL_SPLITS = ("arc1-eval", "arc2-eval")
+BUCKET = 2  # a batch's companions come from the BUCKET × (how many fit) examples nearest its first in length
 
 
 # ---------------------------------------------------------------- data
@@ -51,6 +53,15 @@ class Example:
 
     task: Task
     test_index: int
+
+    @functools.cached_property
+    def length(self) -> int:
+        """Its tokens with every demo, in its longest orientation: what the batcher buckets by."""
+        return task_room(self.task, self.test_index)
+
+    def encode(self, aug: Augmentation, max_len: int) -> Sequence:
+        """The augmented sequence; TaskError when its test pair alone exceeds `max_len`."""
+        return encode_task(aug.apply(self.task), test_index=self.test_index, max_len=max_len)
 
 
 def leave_one_out(task: Task) -> list[Task]:
@@ -104,11 +115,22 @@ def build_pool(sources: list[str], demo_sources: list[str]) -> tuple[list[Exampl
 def sample_batch(
     pool: list[Example], rng: np.random.Generator, batch_tokens: int, max_len: int, augment: AugmentConfig
 ) -> Batch:
-    """Draw augmented examples until one more would push the padded batch past `batch_tokens`."""
-    seqs = []
-    longest = 0
+    """A length-bucketed batch of at most `batch_tokens` padded tokens (longest sequence × sequences).
+
+    The first example is drawn uniformly from the pool; the others are drawn (with replacement) among the
+    BUCKET × n examples nearest to it in `length`, n being how many of its length fit the budget, each with its
+    own random augmentation, until one more would overflow the budget. Sequences of a batch thus have similar
+    lengths and little of it is padding (bench/model.py reports the real-token fraction).
+    """
+    lengths = np.array([min(ex.length, max_len) for ex in pool])  # (N,)
+    order = np.argsort(lengths, kind="stable")  # pool indices, shortest first
+    rank = np.empty_like(order)
+    rank[order] = np.arange(len(pool))
+    seqs: list[Sequence] = []
+    longest, window = 0, (0, len(pool))  # the window of `order` drawn from; the whole pool until the first pick
     for _ in range(100 * len(pool)):
-        ex = pool[int(rng.integers(len(pool)))]
+        i = int(order[rng.integers(*window)])
+        ex = pool[i]
         aug = Augmentation.random(
             rng,
             len(ex.task.train),
@@ -118,12 +140,16 @@ def sample_batch(
             shuffle=augment.shuffle,
         )
         try:
-            seq = encode_task(aug.apply(ex.task), test_index=ex.test_index, max_len=max_len)
+            seq = ex.encode(aug, max_len)
         except TaskError:  # its test pair alone exceeds the context
             continue
         new_longest = max(longest, len(seq))
         if seqs and new_longest * (len(seqs) + 1) > batch_tokens:
             break
+        if not seqs:
+            size = min(len(pool), BUCKET * max(1, batch_tokens // len(seq)))
+            start = min(max(0, int(rank[i]) - size // 2), len(pool) - size)
+            window = (start, start + size)
         seqs.append(seq)
         longest = new_longest
     if not seqs:
@@ -186,7 +212,7 @@ def train_step(
     if isinstance(opt, GaussNewton):
         capture = opt.capture()
         curvature = lambda logits, mask: opt.accumulate_curvature(logits, mask, generator)  # noqa: E731
-    metrics = forward_backward(model, batch, cfg.loss, capture=capture, curvature=curvature)
+    metrics = forward_backward(model, batch, cfg.loss, capture=capture, curvature=curvature, precision=cfg.precision)
     params = [p for p in model.parameters() if p.grad is not None]
     _all_reduce_mean([p.grad for p in params])
     if isinstance(opt, GaussNewton):

@@ -13,6 +13,7 @@ from onn_arc.checkpoint import load_checkpoint
 from onn_arc.data import load_split, resolve_task
 from onn_arc.config import ModelConfig, OptimizerConfig, TrainConfig
 from onn_arc.errors import ConfigError, TrainingError
+from onn_arc.tokens import PAD
 
 DATA = "data"  # the bundled example tasks: small, fast
 
@@ -34,13 +35,14 @@ def _weights(run: tr.Run) -> dict[str, torch.Tensor]:
     return {k: v.clone() for k, v in run.model.state_dict().items()}
 
 
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
 @pytest.mark.parametrize("optimizer", ["gn", "adamw"])
-def test_interrupted_and_resumed_run_ends_with_the_same_weights(tmp_path, optimizer):
+def test_interrupted_and_resumed_run_ends_with_the_same_weights(tmp_path, optimizer, precision):
     opt = OptimizerConfig(name=optimizer, curvature_every=1, precondition_every=2, start_step=1)
-    whole = tr.prepare(_cfg(optimizer=opt), tmp_path / "whole")
+    whole = tr.prepare(_cfg(optimizer=opt, precision=precision), tmp_path / "whole")
     whole.fit()
 
-    first = tr.prepare(_cfg(optimizer=opt), tmp_path / "parts")
+    first = tr.prepare(_cfg(optimizer=opt, precision=precision), tmp_path / "parts")
 
     def stop_after_3(step, metrics):
         if step == 3:
@@ -48,7 +50,7 @@ def test_interrupted_and_resumed_run_ends_with_the_same_weights(tmp_path, optimi
 
     first.fit(stop_after_3)
     assert load_checkpoint(tmp_path / "parts" / "checkpoint").meta.step == 3
-    second = tr.prepare(_cfg(optimizer=opt), tmp_path / "parts", resume=True)
+    second = tr.prepare(_cfg(optimizer=opt, precision=precision), tmp_path / "parts", resume=True)
     assert second.step == 3
     second.fit()
 
@@ -141,3 +143,16 @@ def test_resuming_a_finished_run_changes_nothing(tmp_path):
     assert tr.prepare(_cfg(steps=4), tmp_path, resume=True).fit() == {}
     after = load_checkpoint(tmp_path / "checkpoint").meta
     assert (after.step, after.metrics, after.created) == (4, before.metrics, before.created)
+
+
+def test_batches_are_length_bucketed_within_budget_and_seeded():
+    pool, _ = tr.build_pool(["arc1-train"], [])
+    aug = TrainConfig().augment
+    real = padded = 0
+    for step in range(20):
+        batch = tr.sample_batch(pool, np.random.default_rng([0, step]), 8192, 2048, aug)
+        assert batch.n_tokens <= 8192
+        real, padded = real + int((batch.tokens != PAD).sum()), padded + batch.n_tokens
+    assert real / padded > 0.8  # random draws padded to the longest: ~0.57 (bench/model.py measures 200 batches)
+    again = [tr.sample_batch(pool, np.random.default_rng([0, 7]), 8192, 2048, aug) for _ in range(2)]
+    assert torch.equal(again[0].tokens, again[1].tokens)

@@ -27,6 +27,10 @@ CheckpointOpt = Annotated[
 ]
 ThreadsOpt = Annotated[int, typer.Option(help="CPU threads for torch (default: all cores).")]
 DeviceOpt = Annotated[str, typer.Option(help="cpu, cuda or auto.")]
+PrecisionOpt = Annotated[
+    Literal["auto", "fp32", "bf16"],
+    typer.Option(help="auto: bf16 autocast where the CPU (avx512_bf16/amx_bf16) or GPU runs it fast, else fp32."),
+]
 
 DEFAULT = SolveConfig()
 
@@ -47,10 +51,19 @@ OutFileOpt = Annotated[
 
 
 def solve_config(
-    ttt_steps: int, ttt_seconds: float | None, ttt_optimizer: str, views: int, sampler: str, min_prob: float, seed: int
+    ttt_steps: int,
+    ttt_seconds: float | None,
+    ttt_optimizer: str,
+    views: int,
+    sampler: str,
+    min_prob: float,
+    seed: int,
+    precision: str = DEFAULT.precision,
 ) -> SolveConfig:
     """The SolveConfig the shared options describe (everything else at its default)."""
-    fields = dict(ttt_steps=ttt_steps, ttt_seconds=ttt_seconds, views=views, sampler=sampler, min_prob=min_prob)
+    fields = dict(
+        ttt_steps=ttt_steps, ttt_seconds=ttt_seconds, views=views, sampler=sampler, min_prob=min_prob, precision=precision
+    )
     optimizer = DEFAULT.optimizer.model_dump() | {"name": ttt_optimizer}
     try:
         return SolveConfig.model_validate(fields | {"optimizer": optimizer, "seed": seed})

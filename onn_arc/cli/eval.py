@@ -19,6 +19,7 @@ from onn_arc.cli.common import (
     DeviceOpt,
     JsonOpt,
     MinProbOpt,
+    PrecisionOpt,
     SamplerOpt,
     SeedOpt,
     ThreadsOpt,
@@ -113,6 +114,7 @@ def eval_command(
     sampler: SamplerOpt = DEFAULT.sampler,
     min_prob: MinProbOpt = DEFAULT.min_prob,
     seed: SeedOpt = DEFAULT.seed,
+    precision: PrecisionOpt = DEFAULT.precision,
     workers: WorkersOpt = 1,
     allow_seen: AllowSeenOpt = False,
     out_dir: OutDirOpt = None,
@@ -124,7 +126,7 @@ def eval_command(
     report.json. Interrupted runs resume where they stopped (same --out, same options)."""
     if threads:
         torch.set_num_threads(threads)
-    cfg = solve_config(ttt_steps, ttt_seconds, ttt_optimizer, views, sampler, min_prob, seed)
+    cfg = solve_config(ttt_steps, ttt_seconds, ttt_optimizer, views, sampler, min_prob, seed, precision)
     chosen = select(data.load_source(split), tasks, limit, split)
     folder = checkpoint or default_checkpoint()
     out_dir = out_dir or default_out(split, folder)

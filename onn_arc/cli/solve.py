@@ -17,6 +17,7 @@ from onn_arc.cli.common import (
     DeviceOpt,
     JsonOpt,
     MinProbOpt,
+    PrecisionOpt,
     OutFileOpt,
     SamplerOpt,
     SeedOpt,
@@ -79,6 +80,7 @@ def solve(
     sampler: SamplerOpt = DEFAULT.sampler,
     min_prob: MinProbOpt = DEFAULT.min_prob,
     seed: SeedOpt = DEFAULT.seed,
+    precision: PrecisionOpt = DEFAULT.precision,
     as_json: JsonOpt = False,
     out_file: OutFileOpt = None,
     explain: Annotated[bool, typer.Option(help="Show attempt 1's per-cell confidence and SBL activation rate.")] = False,
@@ -91,7 +93,7 @@ def solve(
     """
     if threads:
         torch.set_num_threads(threads)
-    cfg = solve_config(ttt_steps, ttt_seconds, ttt_optimizer, views, sampler, min_prob, seed)
+    cfg = solve_config(ttt_steps, ttt_seconds, ttt_optimizer, views, sampler, min_prob, seed, precision)
     found = data.resolve_task(task)
     loaded = load_checkpoint(checkpoint or default_checkpoint(), device=resolve_device(device))
     if loaded.meta.data.leaks_into([found]):

@@ -17,6 +17,7 @@ from onn_arc.cli.app import app
 from onn_arc.cli.common import ThreadsOpt, err, out
 from onn_arc.config import ModelConfig, TrainConfig, one_line
 from onn_arc.errors import ConfigError
+from onn_arc.precision import resolve as resolve_precision
 from onn_arc.train import Run, RunPaths, prepare, resolve_device
 
 Opt = typer.Option
@@ -63,6 +64,7 @@ def train_command(
     augment: Annotated[bool | None, Opt("--augment/--no-augment", help="Random dihedral, colour and demo-order transforms.")] = None,
     checkpoint_every: Annotated[int | None, Opt(help="Steps between checkpoints.")] = None,
     seed: Annotated[int | None, Opt(help="Seed for init, data order, augmentations and sampling.")] = None,
+    precision: Annotated[str | None, Opt(help="auto (bf16 autocast where the hardware runs it fast, else fp32), fp32 or bf16.")] = None,
     device: Annotated[str, Opt(help="cpu, cuda or auto.")] = "auto",
     threads: ThreadsOpt = 0,
 ) -> None:
@@ -84,6 +86,7 @@ def train_command(
         "model.n_layers": n_layers, "model.max_len": max_len, "optimizer.name": optimizer, "optimizer.lr": lr,
         "batch_tokens": batch_tokens, "steps": steps, "seconds": seconds, "warmup_steps": warmup_steps,
         "loss.gate_weight": gate_weight, "loss.kl_weight": kl_weight, "checkpoint_every": checkpoint_every, "seed": seed,
+        "precision": precision,
     }  # fmt: skip
     if augment is not None:
         flags |= {f"augment.{k}": augment for k in ("dihedral", "colours", "shuffle")}
@@ -118,7 +121,7 @@ def _run(run: Run, device: torch.device, show: bool) -> None:
         err.print(
             f"training {m.arch} d={m.d_model} layers={m.n_layers} ctx={m.max_len} with {cfg.optimizer.name} "
             f"on {', '.join(cfg.sources)}{' + demos of ' + ', '.join(cfg.demo_sources) if cfg.demo_sources else ''} "
-            f"→ {paths.root}  ({device})"
+            f"→ {paths.root}  ({device}, {resolve_precision(cfg.precision, device)})"
         )
     columns = (
         TextColumn("[bold]train"), BarColumn(bar_width=20), MofNCompleteColumn(), TimeElapsedColumn(), TextColumn("eta"),

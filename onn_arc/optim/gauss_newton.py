@@ -92,7 +92,8 @@ class _StepStats:
         if not z.requires_grad:
             raise RuntimeError("capture() needs a forward pass with autograd enabled: the tapped z has no graph")
         rows = x.detach().reshape(-1, d_in).to(torch.float32)  # (R, d_in)
-        gram = rows.T @ rows  # (d_in, d_in)
+        with torch.autocast(rows.device.type, enabled=False):  # the tap runs inside the forward's autocast
+            gram = rows.T @ rows  # (d_in, d_in), fp32
         count = torch.tensor(float(rows.shape[0]), device=gram.device)
         self.input_sum = gram if self.input_sum is None else self.input_sum.add_(gram)
         self.input_rows = count if self.input_rows is None else self.input_rows.add_(count)
