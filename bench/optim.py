@@ -1,6 +1,7 @@
 """Gauss-Newton vs AdamW at equal wall-clock: held-out loss over time, time- and steps-to-target, GN's time split.
 
-    python bench/optim.py [--seconds 120] [--size small] [--arch onn] [--lrs 1e-3 3e-3 1e-2]    (make bench-optim)
+    python bench/optim.py [--seconds 120] [--size small] [--arch onn] [--lrs 1e-3 3e-3 1e-2] [--precision auto]
+    (make bench-optim)
 
 Both optimizers train the same model (same preset, same seed, so the same initial weights) on ARC-AGI-1 training
 tasks with the trainer's own pieces (`train.prepare`, `sample_batch`, `lr_factor`, `train_step`): step s of every
@@ -15,6 +16,9 @@ and are stepped interleaved, always the one with the least training time next, s
 falls on all of them alike. Target = AdamW's final held-out loss; steps/time to reach it are interpolated
 linearly between evaluations (`inf` when a run never reaches it). GN's per-step time is split by wrapping its
 methods (sampled-label pass, Gram matrices at the taps, factor averages, `psd_eigh`, the update) in this bench.
+Precision: every run trains in `--precision` (auto: bf16 where the CPU has bf16 instructions). Under bf16 a third arm,
+GN in fp32 at every lr of the grid, runs interleaved with the others: `bf16_equal_time_loss_ratio` is the best bf16
+GN run's final held-out loss over the best fp32 GN run's, after the same seconds of training.
 Ends with one `RESULT key=value ...` line.
 """
 
@@ -42,6 +46,7 @@ from onn_arc.augment import Augmentation
 from onn_arc.config import ModelConfig, OptimizerConfig, TrainConfig
 from onn_arc.data import Task, load_split
 from onn_arc.optim import GaussNewton, gauss_newton
+from onn_arc.precision import resolve
 from onn_arc.tokens import Sequence, encode_task
 
 HELD_OUT_MAX_TOKENS = 1024  # held-out candidates: every test pair with all demos fits in this many tokens
@@ -96,9 +101,9 @@ def instrument(run: train.Run, clock: Clock) -> None:
 
 @dataclass
 class Trial:
-    """One optimizer at one lr: its run, held-out curve (step, seconds, loss) and clock."""
+    """One arm (an optimizer in a precision) at one lr: its run, held-out curve (step, seconds, loss) and clock."""
 
-    name: str
+    name: str  # "adamw", "gn", or "gn_fp32" (the fp32 reference of a bf16 comparison)
     lr: float
     run: train.Run
     clock: Clock
@@ -189,6 +194,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--views", type=int, default=4, help="held-out views per test pair (the first is the identity)")
     p.add_argument("--evals", type=int, default=12, help="held-out evaluations per run, evenly spaced in time")
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16"])
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--quick", action="store_true", help="smoke test: tiny preset, 1.5 s per run")
     args = p.parse_args(argv)
@@ -200,33 +206,37 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def run_trials(args: argparse.Namespace, held_ids: list[str], held_seqs: list[Sequence], log: Console) -> list[Trial]:
     """Every (lr, optimizer) run to its budget, stepped interleaved; held-out loss at start and every budget / evals."""
-    clocks = {"adamw": Clock(), "gn": Clock()}
+    precision = resolve(args.precision, "cpu")
+    arms = {"adamw": ("adamw", precision), "gn": ("gn", precision)}  # name: (optimizer, precision)
+    if precision == "bf16":
+        arms["gn_fp32"] = ("gn", "fp32")
+    clocks = {name: Clock() for name in arms}
     gauss_newton.psd_eigh = clocks["gn"].wrap("eigh", gauss_newton.psd_eigh)  # in this process only
     model_cfg = ModelConfig.preset(args.size, arch=args.arch)
     trials = []
     with tempfile.TemporaryDirectory() as tmp:
         for lr in args.lrs:
-            for name, clock in clocks.items():
-                optimizer = OptimizerConfig(name=name, lr=lr)
+            for name, (optimizer, arm_precision) in arms.items():
                 cfg = TrainConfig(
                     model=model_cfg,
-                    optimizer=optimizer,
+                    optimizer=OptimizerConfig(name=optimizer, lr=lr),
                     batch_tokens=args.batch_tokens,
                     steps=NEVER,
                     seconds=args.seconds,
                     seed=args.seed,
+                    precision=arm_precision,
                 )
                 run = train.prepare(cfg, Path(tmp) / f"{name}-{lr}")  # same seed: the same initial weights
                 run.pool = [ex for ex in run.pool if ex.task.id not in held_ids]
-                instrument(run, clock)
-                trials.append(Trial(name, lr, run, clock, [(0, 0.0, score(run.model, held_seqs).loss)]))
+                instrument(run, clocks[name])
+                trials.append(Trial(name, lr, run, clocks[name], [(0, 0.0, score(run.model, held_seqs).loss)]))
         while active := [t for t in trials if not t.done()]:
             t = min(active, key=lambda t: t.run.elapsed)
             advance(t)
             if t.run.elapsed >= len(t.curve) * args.seconds / args.evals or t.done():
                 t.curve.append((t.run.step, t.run.elapsed, score(t.run.model, held_seqs).loss))
                 loss = t.curve[-1][2]
-                log.print(f"{t.name:>5} lr={t.lr:g} step {t.run.step:5d} {t.run.elapsed:6.1f} s: held-out {loss:.4f}")
+                log.print(f"{t.name:>7} lr={t.lr:g} step {t.run.step:5d} {t.run.elapsed:6.1f} s: held-out {loss:.4f}")
     return trials
 
 
@@ -239,7 +249,7 @@ def main(argv: list[str] | None = None) -> None:
     trials = run_trials(args, held_ids, held_seqs, log)
     best = {
         name: min((t for t in trials if t.name == name), key=lambda t: np.nan_to_num(t.final, nan=math.inf))
-        for name in ("adamw", "gn")
+        for name in dict.fromkeys(t.name for t in trials)
     }
     adamw, gn = best["adamw"], best["gn"]
     target = adamw.final
@@ -260,7 +270,7 @@ def main(argv: list[str] | None = None) -> None:
         curves.add_row(*map(str, row))
     out.print(curves)
 
-    steps = {name: sum(t.run.step for t in trials if t.name == name) for name in best}
+    steps = {name: sum(t.run.step for t in trials if t.name == name) for name in ("gn", "adamw")}
     ms = {name: phase_ms(best[name].clock, n) for name, n in steps.items()}
     split = Table(title=f"time per step, ms (all runs: GN {steps['gn']} steps, AdamW {steps['adamw']} steps)")
     for col in ("phase", "GN", "AdamW"):
@@ -300,7 +310,11 @@ def main(argv: list[str] | None = None) -> None:
         "size": args.size,
         "arch": args.arch,
         "threads": args.threads,
+        "precision": resolve(args.precision, "cpu"),
     }
+    if "gn_fp32" in best:
+        result["bf16_equal_time_loss_ratio"] = round(gn.final / best["gn_fp32"].final, 4)
+        result["gn_fp32_steps"] = best["gn_fp32"].run.step
     print("RESULT " + " ".join(f"{k}={v}" for k, v in result.items()))
 
 

@@ -36,6 +36,7 @@ def test_optim_quick_reports_both_optimizers():
     for phase in ("fwd_bwd", "stats", "eigh", "update"):
         assert float(r[f"gn_ms_{phase}"]) >= 0
     assert float(r["gn_ms_fwd_bwd"]) > 0 and r["size"] == "tiny"
+    assert r["precision"] in ("fp32", "bf16") and ("bf16_equal_time_loss_ratio" in r) == (r["precision"] == "bf16")
 
 
 @pytest.mark.slow
