@@ -30,13 +30,9 @@ from onn_arc.cli.common import (
     out,
     solve_config,
 )
-from onn_arc.scoring import ATTEMPT_KEYS, score_task, write_submission
+from onn_arc.scoring import kaggle_json, score_task, write_submission
 from onn_arc.solve import Solution, solve_task
 from onn_arc.train import resolve_device
-
-def _padded(solution: Solution) -> list[list]:
-    """Exactly two attempts per test input, None where missing."""
-    return [[*attempts, None, None][:2] for attempts in solution.attempts]
 
 
 def _explain(solution: Solution) -> Group:
@@ -44,7 +40,7 @@ def _explain(solution: Solution) -> Group:
     for i, test in enumerate(solution.tests):
         parts.append(Text(f"test {i + 1}: why attempt 1", style="bold underline"))
         if test.confidence is None:
-            parts.append(Text("no attempt", style="dim italic"))
+            parts.append(Text("no grid decoded: the attempts are the test input", style="dim italic"))
             continue
         maps = [render.heatmap(test.confidence, "confidence"), render.heatmap(test.activation, "activation rate")]
         parts.append(render.Flow(maps, [render.GAP]))
@@ -109,7 +105,7 @@ def solve(
 
         solution = solve_task(loaded.model, found, cfg, on_progress)
 
-    entry = {found.id: [dict(zip(ATTEMPT_KEYS, pair)) for pair in _padded(solution)]}  # the Kaggle shape
+    entry = kaggle_json({found.id: solution.attempts})
     if out_file is not None:
         write_submission(out_file, {found.id: solution.attempts})
         err.print(f"wrote {out_file}", markup=False)
@@ -117,11 +113,11 @@ def solve(
         out.print_json(data=entry)
         return
     known = found.has_test_outputs
-    out.print(render.task_view(found, show_answer=known, predictions=_padded(solution)))
+    out.print(render.task_view(found, show_answer=known, predictions=solution.attempts))
     out.print()
     out.print(_details(solution))
     if known:
-        score = score_task(solution.attempts, [p.output for p in found.test], found.id)
+        score = score_task(solution.attempts, found.test, found.id)
         verdict = "[bold green]solved ✓[/]" if score.solved else "[bold red]not solved ✗[/]"
         solved = sum(o.solved for o in score.outputs)
         out.print(f"{verdict}  score {score.pass_at_2:.2f} ({solved}/{score.n_tests} tests)")
