@@ -15,11 +15,12 @@ from onn_arc.checkpoint import TrainingData, save_checkpoint
 from onn_arc.cli.app import app
 from onn_arc.augment import Augmentation, dihedral_map
 from onn_arc.config import AugmentConfig, LossConfig, ModelConfig, OptimizerConfig, SolveConfig, TrainConfig
-from onn_arc.data import Pair, Task, load_task_file
+from onn_arc.data import Pair, Task, load_source, load_task_file
 from onn_arc.decode import Candidate
 from onn_arc.errors import TaskError
 from onn_arc.model import TinyONN
 from onn_arc.optim import gauss_newton
+from onn_arc.scoring import load_submission
 from onn_arc.train import Example, make_optimizer, sample_batch, train_step
 
 DATA = Path(__file__).resolve().parents[1] / "data"
@@ -271,3 +272,85 @@ def test_cli_solve_warns_about_leakage_and_fails_in_one_line(checkpoint, tmp_pat
     assert run_cli("007bbfb7", "--views", "0").exit_code == 2
     assert run_cli("007bbfb7", "--sampler", "beam").exit_code == 2
 
+
+# ---------------------------------------------------------------- `onn-arc solve` on several tasks
+
+
+def truth_decoder(model, seen: Task, i: int, cfg: SolveConfig) -> list[Candidate]:
+    """A stub decoder that finds the true output where the task has one, and nothing otherwise."""
+    return [] if seen.test[i].output is None else [candidate(seen.test[i].output, -0.1)]
+
+
+@pytest.fixture
+def folder(tmp_path) -> Path:
+    """6150a2bd, puzzle-no-answer, and a task whose 30×30 test input does not fit a 512-token context."""
+    tasks = tmp_path / "tasks"
+    tasks.mkdir()
+    for name in ("6150a2bd", "puzzle-no-answer"):
+        (tasks / f"{name}.json").write_text((DATA / f"{name}.json").read_text())
+    big = {"train": [{"input": [[1]], "output": [[2]]}], "test": [{"input": [[3] * 30] * 30, "output": [[4]]}]}
+    (tasks / "big.json").write_text(json.dumps(big))
+    return tasks
+
+
+def test_cli_solve_a_folder_writes_every_task_with_two_grids(checkpoint, folder, tmp_path, monkeypatch):
+    monkeypatch.setattr(solve, "decode_view", truth_decoder)
+    out = tmp_path / "submission.json"
+    result = run_cli(str(folder), "-c", str(checkpoint), "--ttt-steps", "0", "--views", "2", "--out", str(out))
+    assert result.exit_code == 0, result.output
+    lines = result.stdout.splitlines()
+    big = next(line for line in lines if line.startswith("big "))
+    assert "30×30 30×30 ✗" in big and "failed, copied the input: big: test[0] needs" in big
+    assert any(line.startswith("6150a2bd ") and "3×3 3×3 ✓" in line for line in lines)
+    assert any(line.startswith("puzzle-no-answer ") and "3×3 3×3" in line and "✓" not in line for line in lines)
+    assert "solved 1/2 tasks with test outputs" in result.stdout and "copy the input: pass@2 0.000" in result.stdout
+    assert f"wrote {out} (3 tasks)" in result.stderr
+    submission = load_submission(out)
+    tasks = {t.id: t for t in load_source(str(folder))}
+    assert sorted(submission) == sorted(tasks)
+    assert submission["big"] == [(tasks["big"].test[0].input,) * 2]  # the copy-the-input guess
+    assert submission["6150a2bd"] == [(tasks["6150a2bd"].test[0].output,) * 2]  # one grid found: repeated
+    assert submission["puzzle-no-answer"] == [(tasks["puzzle-no-answer"].test[0].input,) * 2]  # none found
+
+
+def test_cli_solve_a_kaggle_challenges_file(checkpoint, tmp_path):
+    tasks = load_source(str(DATA))[1:]  # 25ff71a9 (2 tests), 6150a2bd, puzzle-no-answer
+    challenges = {t.id: {"train": t.to_json()["train"], "test": [{"input": p.to_json()["input"]} for p in t.test]}
+                  for t in tasks}  # fmt: skip
+    path = tmp_path / "arc-agi_evaluation_challenges.json"
+    path.write_text(json.dumps(challenges))
+    out = tmp_path / "submission.json"
+    result = run_cli(str(path), "-c", str(checkpoint), "--ttt-steps", "0", "--views", "2", "--out", str(out), "--json")
+    assert result.exit_code == 0, result.output
+    printed = json.loads(result.stdout)
+    assert printed == json.loads(out.read_text()) and list(printed) == [t.id for t in tasks]
+    for task in tasks:
+        entries = printed[task.id]
+        assert len(entries) == len(task.test)
+        assert all(isinstance(e["attempt_1"], list) and isinstance(e["attempt_2"], list) for e in entries)
+    text = run_cli(str(path), "-c", str(checkpoint), "--ttt-steps", "0", "--views", "1")
+    assert text.exit_code == 0, text.output
+    assert [line.split()[0] for line in text.stdout.splitlines()] == [t.id for t in tasks]  # no ✓/✗, no score
+    assert "✓" not in text.stdout and "✗" not in text.stdout and "pass@2" not in text.stdout
+
+
+def test_cli_solve_interrupted_leaves_a_valid_submission_of_the_tasks_done(checkpoint, folder, tmp_path, monkeypatch):
+    solved = []
+
+    def interrupt_second(model, task, cfg):
+        if solved:
+            raise KeyboardInterrupt
+        solved.append(task.id)
+        return solve.solve_or_copy(model, task, cfg)
+
+    monkeypatch.setattr(onn_arc.cli.solve, "solve_or_copy", interrupt_second)
+    out = tmp_path / "submission.json"
+    result = run_cli(str(folder), "-c", str(checkpoint), "--ttt-steps", "0", "--views", "1", "--out", str(out))
+    assert result.exit_code == 130
+    assert list(load_submission(out)) == solved == ["6150a2bd"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["submission.json", "tasks"]  # no temporary file left
+
+
+def test_cli_solve_explain_needs_one_task(checkpoint, folder):
+    result = run_cli(str(folder), "-c", str(checkpoint), "--explain")
+    assert result.exit_code == 1 and "--explain draws one task" in result.stderr
