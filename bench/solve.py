@@ -71,7 +71,7 @@ def main() -> None:
     for n, task in enumerate(tasks, start=1):
         for mode, cfg in modes.items():
             record = run_task(loaded.model, task, cfg)
-            score = scorers[mode].update(task.id, record["attempts"], [p.output for p in task.test])
+            score = scorers[mode].update(task.id, record["attempts"], task.test)
             records[mode].append(record)
             console.print(
                 f"[{n}/{len(tasks)}] {task.id} {mode:>6}: pass@2 {score.pass_at_2:.2f} cell acc {score.cell_accuracy:.2f} "

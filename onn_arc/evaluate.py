@@ -2,7 +2,7 @@
 
     OUT/settings.json    the run's identity: the checkpoint's weights (sha256) and the SolveConfig; a rerun must match
     OUT/results.jsonl    one line per finished task, appended, flushed and fsynced as each completes
-    OUT/submission.json  Kaggle shape, every task in task order (written at the end)
+    OUT/submission.json  Kaggle shape, every task in task order, always two grids per test input (written at the end)
     OUT/report.json      summary and per-task attempts, correctness, seconds, test-time training, views (at the end)
 
 A rerun in the same folder skips the tasks already in results.jsonl, so an interrupted run resumes, and it gives the
@@ -11,8 +11,12 @@ tasks are solved independently, each from the same seed. A checkpoint trained on
 refused (LeakageError) unless `allow_seen` asks for a fit measurement; the report's `seen_tasks` then counts them.
 
 Beside pass@2 the report carries leading indicators where the truth is known: the best attempt's shape correctness
-and cell accuracy (scoring.py), and the teacher-forced loss of the true output (its tokens and the token that ends
-it) under the model before test-time training, with the task as given.
+and cell accuracy, attempt 1's changed-cell accuracy and the copy-the-input baseline (scoring.py), and the
+teacher-forced loss of the true output (its tokens and the token that ends it) under the model before test-time
+training, with the task as given. Where no task has test outputs nothing is scored and the scores are None.
+
+Reports and submissions are made from the records alone, so a finished folder is rescored without solving again;
+records of older runs with fewer than two attempts per test are completed by `two_attempts`.
 """
 
 import json
@@ -34,8 +38,8 @@ from onn_arc.errors import ConfigError, LeakageError, TaskError
 from onn_arc.losses import main_loss
 from onn_arc.model import TinyONN
 from onn_arc.precision import Precision, autocast, resolve
-from onn_arc.scoring import Scorer, ScoreSummary, TaskScore, write_submission
-from onn_arc.solve import solve_task
+from onn_arc.scoring import Scorer, ScoreSummary, TaskScore, TwoAttempts, write_submission
+from onn_arc.solve import solve_or_copy, two_attempts
 from onn_arc.tokens import OUT, Batch, collate, encode_task
 
 SETTINGS, RESULTS, SUBMISSION, REPORT = "settings.json", "results.jsonl", "submission.json", "report.json"
@@ -80,17 +84,15 @@ def teacher_forced_loss(model: TinyONN, task: Task, test_index: int, precision: 
 
 
 def run_task(model: TinyONN, task: Task, cfg: SolveConfig) -> dict[str, Any]:
-    """Solve one task; its results.jsonl record. A task that cannot be solved (TaskError) is recorded as failed."""
+    """Solve one task; its results.jsonl record. A task that cannot be solved (TaskError) is recorded as failed,
+    with the copy-the-input guess as its attempts."""
     started = time.perf_counter()
     tf_loss = [teacher_forced_loss(model, task, i, cfg.precision) for i in range(len(task.test))]
-    try:
-        solved = solve_task(model, task, cfg).to_json() | {"error": None}
-    except TaskError as e:
-        solved = {
-            "attempts": [[] for _ in task.test], "candidates": [[] for _ in task.test], "views": [],
-            "ttt_steps": 0, "ttt_seconds": 0.0, "ttt_loss": None, "error": str(e),
-        }  # fmt: skip
-    return {"task_id": task.id, **solved, "tf_loss": tf_loss, "seconds": time.perf_counter() - started}
+    solution, error = solve_or_copy(model, task, cfg)
+    return {
+        "task_id": task.id, **solution.to_json(), "error": error, "tf_loss": tf_loss,
+        "seconds": time.perf_counter() - started,
+    }  # fmt: skip
 
 
 # ---------------------------------------------------------------- the output folder
@@ -154,14 +156,18 @@ def _write_json(path: Path, obj: Any) -> None:
     os.replace(tmp, path)
 
 
-def _grids(attempts: list[list]) -> list[tuple]:
-    return [tuple(tuple(tuple(row) for row in g) for g in per_test) for per_test in attempts]
+def _attempts(task: Task, record: dict[str, Any]) -> list[TwoAttempts]:
+    """The two attempts the record submits for each test input (records of older runs may hold fewer)."""
+    return [
+        two_attempts([tuple(tuple(row) for row in grid) for grid in grids], pair.input)
+        for grids, pair in zip(record["attempts"], task.test, strict=True)
+    ]
 
 
 def _score(task: Task, record: dict[str, Any]) -> TaskScore | None:
     if not task.has_test_outputs:
         return None
-    return Scorer().update(task.id, _grids(record["attempts"]), [p.output for p in task.test])
+    return Scorer().update(task.id, _attempts(task, record), task.test)
 
 
 def _mean(values: list[float]) -> float | None:
@@ -174,14 +180,18 @@ def _report(tasks: list[Task], records: dict[str, dict[str, Any]], settings: dic
     rows = []
     for task in tasks:
         record = records[task.id]
-        row = {k: v for k, v in record.items() if k != "candidates"}
+        attempts = _attempts(task, record)
+        submitted = [[[list(row) for row in grid] for grid in pair] for pair in attempts]
+        row = {k: v for k, v in record.items() if k != "candidates"} | {"attempts": submitted}
         if task.has_test_outputs:
-            score = scorer.update(task.id, _grids(record["attempts"]), [p.output for p in task.test])
+            score = scorer.update(task.id, attempts, task.test)
             row |= {k: v for k, v in score.to_json().items() if k != "task_id"}
         rows.append(row)
     summary = scorer.result()
     scores = summary.to_json()
     del scores["tasks"]
+    if not summary.n_tasks:  # nothing scored: no score, rather than a score of 0
+        scores = dict.fromkeys(scores) | {"n_tasks": 0}
     overview = {
         "n_tasks": len(tasks),
         "scored_tasks": scores.pop("n_tasks"),
@@ -279,6 +289,6 @@ def evaluate(
                 raise
 
     evaluation = _report(tasks, records, settings, seen=len(leaked))
-    write_submission(out / SUBMISSION, {t.id: _grids(records[t.id]["attempts"]) for t in tasks})
+    write_submission(out / SUBMISSION, {t.id: _attempts(t, records[t.id]) for t in tasks})
     _write_json(out / REPORT, evaluation.report)
     return evaluation

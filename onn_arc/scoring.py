@@ -6,12 +6,22 @@ scores (solved test outputs) / (test outputs); a split scores the mean over its
 tasks. A missing attempt, a missing test entry and a missing task are all wrong.
 
 Beside the official pass@2 we report pass@1 (attempt 1 alone), all-or-nothing
-solved tasks, and two leading indicators for the better attempt of each test
-output: whether its shape is right, and the fraction of equal cells (0 when the
-shape is wrong).
+solved tasks, and leading indicators:
+- shape correct: the better attempt has the output's shape;
+- cell accuracy: the better attempt's fraction of equal cells (0 when its shape is wrong);
+- changed-cell accuracy, on same-shape tests only (the true output has the test
+  input's shape, and differs from it): of the cells where the true output differs from the input, the
+  fraction attempt 1 gets right (0 when its shape is wrong);
+- the copy-the-input baseline: each test input submitted as both attempts, scored
+  like any submission (its changed-cell accuracy is 0 by definition).
+Every indicator is aggregated like the official score: a task's value is the mean
+over its test outputs, a split's the mean over its tasks. Changed-cell accuracy
+averages only over the same-shape tests, and a split's only over the tasks that
+have one (None where there are none).
 
 A submission is `{task_id: [{"attempt_1": G, "attempt_2": G}, ...]}` with one
-entry per test input in order; `null` or `[]` stands for a missing attempt.
+entry per test input in order. We always write two grids (Kaggle's scorer accepts
+nothing else); when reading one, `null` or `[]` stands for a missing attempt.
 """
 
 import json
@@ -22,11 +32,13 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from onn_arc.data import Grid, json_kind, parse_grid
+from onn_arc.data import Grid, Pair, json_kind, parse_grid
 from onn_arc.errors import SubmissionError
 
 Attempts = Sequence[Grid | None]  # (attempt_1, attempt_2); None where missing
+TwoAttempts = tuple[Grid, Grid]  # what we submit for a test input: always two grids
 ATTEMPT_KEYS = ("attempt_1", "attempt_2")
+BASELINE_KEYS = ("pass_at_2", "shape_correct", "cell_accuracy")  # what the copy baseline reports
 
 
 @dataclass(frozen=True)
@@ -37,6 +49,7 @@ class OutputScore:
     attempt_2: bool  # attempt 2 equals the output exactly
     shape_correct: bool  # the better attempt has the output's shape
     cell_accuracy: float  # equal cells / cells of the better attempt; 0 when its shape is wrong
+    changed_cell_accuracy: float | None  # attempt 1 right / cells the output changes; None unless input-shaped
 
     @property
     def solved(self) -> bool:
@@ -49,15 +62,17 @@ class OutputScore:
             "solved": self.solved,
             "shape_correct": self.shape_correct,
             "cell_accuracy": self.cell_accuracy,
+            "changed_cell_accuracy": self.changed_cell_accuracy,
         }
 
 
 @dataclass(frozen=True)
 class TaskScore:
-    """One task's score: one `OutputScore` per test output, in order."""
+    """One task's score: one `OutputScore` per test output, in order, and the same for the copy baseline."""
 
     task_id: str
     outputs: tuple[OutputScore, ...]
+    copied: tuple[OutputScore, ...]  # the copy-the-input baseline: each test input as both attempts
     extra: dict[str, Any] = field(default_factory=dict)  # caller's notes (e.g. submitted=False), kept in the JSON
 
     @property
@@ -85,6 +100,16 @@ class TaskScore:
     def cell_accuracy(self) -> float:
         return _mean([o.cell_accuracy for o in self.outputs])
 
+    @property
+    def changed_cell_accuracy(self) -> float | None:
+        """Mean over the same-shape tests; None when the task has none."""
+        return _mean_defined([o.changed_cell_accuracy for o in self.outputs])
+
+    @property
+    def copy_baseline(self) -> "TaskScore":
+        """The copy-the-input baseline scored as a task of its own (its own baseline is itself)."""
+        return TaskScore(self.task_id, self.copied, self.copied)
+
     def to_json(self) -> dict[str, Any]:
         return {
             "task_id": self.task_id,
@@ -93,6 +118,8 @@ class TaskScore:
             "solved": self.solved,
             "shape_correct": self.shape_correct,
             "cell_accuracy": self.cell_accuracy,
+            "changed_cell_accuracy": self.changed_cell_accuracy,
+            "copy_baseline": _baseline_json(self.copy_baseline),
             "tests": [o.to_json() for o in self.outputs],
             **self.extra,
         }
@@ -129,6 +156,16 @@ class ScoreSummary:
     def cell_accuracy(self) -> float:
         return _mean([t.cell_accuracy for t in self.tasks])
 
+    @property
+    def changed_cell_accuracy(self) -> float | None:
+        """Mean over the tasks that have a same-shape test; None when none has."""
+        return _mean_defined([t.changed_cell_accuracy for t in self.tasks])
+
+    @property
+    def copy_baseline(self) -> "ScoreSummary":
+        """The copy-the-input baseline on the same tasks."""
+        return ScoreSummary(tuple(t.copy_baseline for t in self.tasks))
+
     def to_json(self) -> dict[str, Any]:
         return {
             "n_tasks": self.n_tasks,
@@ -137,12 +174,24 @@ class ScoreSummary:
             "solved_tasks": self.solved_tasks,
             "shape_correct": self.shape_correct,
             "cell_accuracy": self.cell_accuracy,
+            "changed_cell_accuracy": self.changed_cell_accuracy,
+            "copy_baseline": _baseline_json(self.copy_baseline),
             "tasks": [t.to_json() for t in self.tasks],
         }
 
 
 def _mean(values: Sequence[float]) -> float:
     return sum(values) / len(values) if values else 0.0
+
+
+def _mean_defined(values: Sequence[float | None]) -> float | None:
+    """The mean of the values that are not None; None when there are none."""
+    defined = [v for v in values if v is not None]
+    return _mean(defined) if defined else None
+
+
+def _baseline_json(baseline: TaskScore | ScoreSummary) -> dict[str, float]:
+    return {key: getattr(baseline, key) for key in BASELINE_KEYS}
 
 
 def _two(attempts: Attempts) -> tuple[Grid | None, Grid | None]:
@@ -158,39 +207,61 @@ def _as_grid(grid: Sequence[Sequence[int]]) -> Grid:
     return tuple(tuple(row) for row in grid)
 
 
+def _same_shape(a: Grid, b: Grid) -> bool:
+    return len(a) == len(b) and len(a[0]) == len(b[0])
+
+
 def _indicators(attempt: Grid, truth: Grid) -> tuple[bool, float]:
     """(shape correct, equal cells / cells); accuracy is 0 when the shape is wrong."""
-    if len(attempt) != len(truth) or len(attempt[0]) != len(truth[0]):
+    if not _same_shape(attempt, truth):
         return False, 0.0
-    equal = sum(a == b for row_a, row_b in zip(attempt, truth) for a, b in zip(row_a, row_b))
-    return True, equal / (len(truth) * len(truth[0]))
+    return True, _mean([x == y for row_a, row_t in zip(attempt, truth) for x, y in zip(row_a, row_t)])
 
 
-def _score_output(attempts: Attempts, truth: Grid) -> OutputScore:
-    truth = _as_grid(truth)
+def _changed_cell_accuracy(attempt: Grid | None, test: Pair) -> float | None:
+    """Of the cells where the true output differs from the test input, the fraction `attempt` gets right (0 when it
+    is missing or has the wrong shape); None when the output's shape differs from the input's or nothing changes."""
+    truth = _as_grid(test.output)
+    if not _same_shape(test.input, truth):
+        return None
+    changed = [(r, c) for r, row in enumerate(truth) for c, y in enumerate(row) if test.input[r][c] != y]
+    if not changed:
+        return None
+    if attempt is None or not _same_shape(attempt, truth):
+        return 0.0
+    return _mean([attempt[r][c] == truth[r][c] for r, c in changed])
+
+
+def _score_output(attempts: Attempts, test: Pair) -> OutputScore:
+    truth = _as_grid(test.output)
     given = [None if a is None else _as_grid(a) for a in _two(attempts)]
     shape_correct, cell_accuracy = max(
         (_indicators(a, truth) for a in given if a is not None), default=(False, 0.0)
     )
-    return OutputScore(given[0] == truth, given[1] == truth, shape_correct, cell_accuracy)
+    changed = _changed_cell_accuracy(given[0], test)
+    return OutputScore(given[0] == truth, given[1] == truth, shape_correct, cell_accuracy, changed)
 
 
-def score_task(attempts_per_test: Sequence[Attempts], truths: Sequence[Grid], task_id: str = "") -> TaskScore:
-    """Scores one task; test outputs without an entry in `attempts_per_test` count as wrong, extra entries are ignored."""
-    if not truths:
+def score_task(attempts_per_test: Sequence[Attempts], tests: Sequence[Pair], task_id: str = "") -> TaskScore:
+    """Scores one task against its test pairs (each with its output); test outputs without an entry in
+    `attempts_per_test` count as wrong, extra entries are ignored."""
+    if not tests:
         raise ValueError(f"task {task_id!r}: no test outputs to score against")
+    if any(test.output is None for test in tests):
+        raise ValueError(f"task {task_id!r}: a test pair without an output cannot be scored")
     missing: Attempts = ()
     outputs = tuple(
-        _score_output(attempts_per_test[i] if i < len(attempts_per_test) else missing, truth)
-        for i, truth in enumerate(truths)
+        _score_output(attempts_per_test[i] if i < len(attempts_per_test) else missing, test)
+        for i, test in enumerate(tests)
     )
-    return TaskScore(task_id, outputs)
+    copied = tuple(_score_output((test.input, test.input), test) for test in tests)
+    return TaskScore(task_id, outputs, copied)
 
 
 class Scorer:
     """Accumulates task scores: `begin()`, one `update()` per task, then `result()`.
 
-    A task missing from a submission is scored with `update(task_id, [], truths)`: 0, and counted.
+    A task missing from a submission is scored with `update(task_id, [], tests)`: 0, and counted.
     """
 
     def __init__(self) -> None:
@@ -199,10 +270,12 @@ class Scorer:
     def begin(self) -> None:
         self._tasks: dict[str, TaskScore] = {}
 
-    def update(self, task_id: str, attempts_per_test: Sequence[Attempts], truths: Sequence[Grid], **extra: Any) -> TaskScore:
+    def update(
+        self, task_id: str, attempts_per_test: Sequence[Attempts], tests: Sequence[Pair], **extra: Any
+    ) -> TaskScore:
         if task_id in self._tasks:
             raise ValueError(f"task {task_id!r} scored twice")
-        score = replace(score_task(attempts_per_test, truths, task_id), extra=extra)
+        score = replace(score_task(attempts_per_test, tests, task_id), extra=extra)
         self._tasks[task_id] = score
         return score
 
@@ -250,12 +323,21 @@ def load_submission(path: str | Path) -> dict[str, list[tuple[Grid | None, Grid 
     return submission
 
 
-def write_submission(path: str | Path, submission: Mapping[str, Sequence[Attempts]]) -> None:
-    """Writes `{task_id: [attempts per test]}` in the Kaggle shape, atomically; a missing attempt is written as null."""
-    obj = {
-        task_id: [dict(zip(ATTEMPT_KEYS, _two(attempts))) for attempts in per_test]
-        for task_id, per_test in submission.items()
-    }
+def kaggle_json(submission: Mapping[str, Sequence[TwoAttempts]]) -> dict[str, list[dict[str, list[list[int]]]]]:
+    """`{task_id: [two attempts per test]}` in the Kaggle shape; a missing attempt is a bug (see solve.two_attempts)."""
+    obj = {}
+    for task_id, per_test in submission.items():
+        if any(len(attempts) != 2 or None in attempts for attempts in per_test):
+            raise ValueError(f"task {task_id!r}: every test input needs exactly two attempts, got {per_test!r}")
+        obj[task_id] = [
+            {key: [list(row) for row in grid] for key, grid in zip(ATTEMPT_KEYS, attempts)} for attempts in per_test
+        ]
+    return obj
+
+
+def write_submission(path: str | Path, submission: Mapping[str, Sequence[TwoAttempts]]) -> None:
+    """Writes `kaggle_json(submission)` atomically (temporary file, then rename)."""
+    obj = kaggle_json(submission)
     path = Path(path)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:

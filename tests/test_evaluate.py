@@ -4,6 +4,7 @@ recorded, the teacher-forced loss, and `onn-arc eval` through CliRunner."""
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -15,9 +16,10 @@ from onn_arc.cli.app import app
 from onn_arc.config import ModelConfig, OptimizerConfig, SolveConfig
 from onn_arc.data import load_source
 from onn_arc.errors import ConfigError, LeakageError
+from onn_arc import evaluate as evaluate_module
 from onn_arc.evaluate import REPORT, RESULTS, TIMING, evaluate, teacher_forced_loss
 from onn_arc.model import TinyONN
-from onn_arc.scoring import load_submission
+from onn_arc.scoring import BASELINE_KEYS, load_submission
 from onn_arc.tokens import encode_task, grid_length
 
 DATA = Path(__file__).resolve().parents[1] / "data"
@@ -59,7 +61,8 @@ def test_report_submission_and_failed_tasks(uninterrupted):
     rows = {row["task_id"]: row for row in report["tasks"]}
     assert list(rows) == [t.id for t in TASKS]
     assert "needs" in rows["007bbfb7"]["error"] and "context holds 64" in rows["007bbfb7"]["error"]
-    assert rows["007bbfb7"]["pass_at_2"] == 0 and rows["007bbfb7"]["attempts"] == [[]]
+    given = [[list(row) for row in TASKS[0].test[0].input]] * 2
+    assert rows["007bbfb7"]["pass_at_2"] == 0 and rows["007bbfb7"]["attempts"] == [given]  # copy the input
     assert rows["25ff71a9"]["error"] is None and len(rows["25ff71a9"]["tests"]) == 2
     assert rows["6150a2bd"]["ttt_steps"] == 2 and len(rows["6150a2bd"]["views"]) == 2
     assert "tests" not in rows["puzzle-no-answer"] and rows["puzzle-no-answer"]["tf_loss"] == [None]
@@ -68,8 +71,47 @@ def test_report_submission_and_failed_tasks(uninterrupted):
     assert summary["tf_loss"] > 0 and summary["seconds_per_task"] > 0
     submission = load_submission(out / "submission.json")
     assert list(submission) == [t.id for t in TASKS]
-    assert submission["007bbfb7"] == [(None, None)] and len(submission["25ff71a9"]) == 2
-    assert [list(map(list, g)) for g in submission["6150a2bd"][0] if g] == rows["6150a2bd"]["attempts"][0]
+    assert submission["007bbfb7"] == [(TASKS[0].test[0].input,) * 2] and len(submission["25ff71a9"]) == 2
+    assert [list(map(list, g)) for g in submission["6150a2bd"][0]] == rows["6150a2bd"]["attempts"][0]
+    assert all(None not in attempts for entries in submission.values() for attempts in entries)
+
+
+def test_the_report_carries_changed_cell_accuracy_and_the_copy_baseline(uninterrupted):
+    _, report = uninterrupted
+    scored = [t for t in TASKS if t.has_test_outputs]
+    rows = {row["task_id"]: row for row in report["tasks"]}
+
+    def copy_accuracy(task) -> float:  # the copy's cell accuracy, counted here with numpy
+        given, truth = [np.array(p.input) for p in task.test], [np.array(p.output) for p in task.test]
+        return np.mean([(g == t).mean() if g.shape == t.shape else 0 for g, t in zip(given, truth)])
+
+    for task in scored:
+        assert rows[task.id]["copy_baseline"]["cell_accuracy"] == pytest.approx(copy_accuracy(task))
+        assert rows[task.id]["copy_baseline"]["pass_at_2"] == 0
+    assert rows["007bbfb7"]["changed_cell_accuracy"] is None  # 3×3 -> 9×9: no same-shape test
+    assert 0 <= rows["6150a2bd"]["changed_cell_accuracy"] <= 1 and "copy_baseline" not in rows["puzzle-no-answer"]
+    summary = report["summary"]
+    assert summary["copy_baseline"]["cell_accuracy"] == pytest.approx(np.mean([copy_accuracy(t) for t in scored]))
+    assert summary["copy_baseline"]["shape_correct"] == pytest.approx(2 / 3)
+    changed = [rows[t]["changed_cell_accuracy"] for t in ("25ff71a9", "6150a2bd")]
+    assert summary["changed_cell_accuracy"] == pytest.approx(np.mean(changed))
+
+
+def test_an_old_report_folder_is_rescored_without_solving(uninterrupted, checkpoint, tmp_path, monkeypatch):
+    """Records of an older run: a failed task without attempts, a task with one attempt per test."""
+    folder, report = uninterrupted
+    (tmp_path / "settings.json").write_text((folder / "settings.json").read_text())
+    old = [json.loads(line) for line in (folder / RESULTS).read_text().splitlines()]
+    for record in old:
+        record["attempts"] = [[] if record["error"] else attempts[:1] for attempts in record["attempts"]]
+    (tmp_path / RESULTS).write_text("".join(json.dumps(r) + "\n" for r in old))
+    monkeypatch.setattr(evaluate_module, "run_task", lambda *args: pytest.fail("solved again"))
+    rescored = evaluate(checkpoint, TASKS, CFG, tmp_path).report
+    rows = {row["task_id"]: row for row in rescored["tasks"]}
+    assert rows["007bbfb7"]["attempts"] == [[[list(r) for r in TASKS[0].test[0].input]] * 2]
+    assert all(len(attempts) == 2 for row in rows.values() for attempts in row["attempts"])
+    assert rescored["summary"]["copy_baseline"] == report["summary"]["copy_baseline"]
+    assert all(None not in a for entries in load_submission(tmp_path / "submission.json").values() for a in entries)
 
 
 def test_a_run_resumed_after_limit_1_gives_the_same_report(checkpoint, uninterrupted, tmp_path):
@@ -156,11 +198,25 @@ def test_cli_eval_prints_a_table_and_a_summary(checkpoint, tmp_path):
     assert result.exit_code == 0, result.output
     assert "6150a2bd" in result.stdout and "25ff71a9" in result.stdout and "007bbfb7" not in result.stdout
     assert "pass@2" in result.stdout and "solved" in result.stdout and "/2 " in result.stdout
+    assert "changed-cell accuracy" in result.stdout and "copy the input: pass@2 0.000" in result.stdout
     result = _run(*args, "--limit", "1", "--out", str(tmp_path / "b"), "--json")
     assert result.exit_code == 0, result.output
     summary = json.loads(result.stdout)
     assert summary["n_tasks"] == 1 and summary["failed"] == 1 and summary["pass_at_2"] == 0
     assert summary["seen_tasks"] == 0
+    assert summary["changed_cell_accuracy"] is None and set(summary["copy_baseline"]) == set(BASELINE_KEYS)
+
+
+def test_cli_eval_without_test_outputs_says_nothing_was_scored(checkpoint, tmp_path):
+    args = ["eval", "--split", str(DATA / "puzzle-no-answer.json"), "--checkpoint", str(checkpoint), "--ttt-steps", "0"]
+    result = _run(*args, "--out", str(tmp_path / "a"))
+    assert result.exit_code == 0, result.output
+    assert "nothing scored: none of these 1 tasks has test outputs" in result.stdout
+    assert str(tmp_path / "a" / "submission.json") in result.stdout.replace("\n", "")
+    assert "pass@2" not in result.stdout and "solved" not in result.stdout
+    summary = json.loads(_run(*args, "--out", str(tmp_path / "a"), "--json").stdout)  # rescored, not solved again
+    assert (summary["n_tasks"], summary["scored_tasks"]) == (1, 0)
+    assert summary["pass_at_2"] is None and summary["copy_baseline"] is None
 
 
 def test_cli_eval_errors_are_one_line(checkpoint, tmp_path):

@@ -1,7 +1,7 @@
 """What every command shares: consoles and the option aliases defined once."""
 
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 import typer
 from pydantic import ValidationError
@@ -46,7 +46,8 @@ SamplerOpt = Annotated[
 ]
 MinProbOpt = Annotated[float, typer.Option(help="dfs: a candidate grid's probability floor.")]
 OutFileOpt = Annotated[
-    Path | None, typer.Option("--out", help="Write the Kaggle entry {task_id: [...]} here.", show_default=False)
+    Path | None,
+    typer.Option("--out", help="Write the Kaggle submission {task_id: [...]} of the task(s) here.", show_default=False),
 ]
 
 
@@ -69,3 +70,20 @@ def solve_config(
         return SolveConfig.model_validate(fields | {"optimizer": optimizer, "seed": seed})
     except ValidationError as e:
         raise ConfigError(one_line(e, "solve options")) from None
+
+
+def number(value: float | None, digits: int = 3) -> str:
+    """A score to print; "–" where there is none."""
+    return "–" if value is None else f"{value:.{digits}f}"
+
+
+def leading_indicators(summary: dict[str, Any]) -> str:
+    """One line: a score summary's leading indicators (`ScoreSummary.to_json()`'s keys), then the copy-the-input
+    baseline's on the same tasks."""
+    copied = summary["copy_baseline"]
+    return (
+        f"shape correct {number(summary['shape_correct'])}  cell accuracy {number(summary['cell_accuracy'])}  "
+        f"changed-cell accuracy {number(summary['changed_cell_accuracy'])}  ·  copy the input: "
+        f"pass@2 {number(copied['pass_at_2'])}  shape correct {number(copied['shape_correct'])}  "
+        f"cell accuracy {number(copied['cell_accuracy'])}"
+    )

@@ -28,6 +28,8 @@ from onn_arc.cli.common import (
     TttStepsOpt,
     ViewsOpt,
     err,
+    leading_indicators,
+    number,
     out,
     solve_config,
 )
@@ -76,14 +78,14 @@ def _marks(hits: list[bool]) -> str:
     return " ".join("[green]✓[/]" if hit else "[red]✗[/]" for hit in hits)
 
 
-def _number(value: float | None, digits: int = 3) -> str:
-    return "–" if value is None else f"{value:.{digits}f}"
-
-
 def _table(evaluation: Evaluation, title: str) -> Table:
-    table = Table(title=escape(title))
+    caption = (
+        "cell accuracy: of the better attempt (cells), of attempt 1 on the cells the output changes (changed), "
+        "of the input (copy)"
+    )
+    table = Table(title=escape(title), caption=caption, box=None, pad_edge=False)
     table.add_column("task", no_wrap=True)
-    for name in ("att 1", "att 2", "score", "cells", "tf loss", "ttt", "s"):
+    for name in ("att 1", "att 2", "score", "cells", "changed", "copy", "tf loss", "ttt", "s"):
         table.add_column(name, justify="right", no_wrap=True)
     for row in evaluation.report["tasks"]:
         tests = row.get("tests")
@@ -92,9 +94,11 @@ def _table(evaluation: Evaluation, title: str) -> Table:
             f"[red]{escape(row['task_id'])}[/]" if row["error"] else escape(row["task_id"]),
             _marks([t["attempt_1"] for t in tests]) if tests else "[dim]–[/]",
             _marks([t["attempt_2"] for t in tests]) if tests else "[dim]–[/]",
-            _number(row.get("pass_at_2"), 2),
-            _number(row.get("cell_accuracy"), 2),
-            _number(sum(losses) / len(losses) if losses else None),
+            number(row.get("pass_at_2"), 2),
+            number(row.get("cell_accuracy"), 2),
+            number(row.get("changed_cell_accuracy"), 2),
+            number(row["copy_baseline"]["cell_accuracy"] if tests else None, 2),
+            number(sum(losses) / len(losses) if losses else None),
             str(row["ttt_steps"]),
             f"{row['seconds']:.1f}",
         )
@@ -162,13 +166,21 @@ def eval_command(
     for row in evaluation.report["tasks"]:
         if row["error"]:
             out.print(f"[red]failed[/] {escape(row['error'])}", soft_wrap=True)
-    out.print(
-        f"pass@2 {summary['pass_at_2']:.3f}  pass@1 {summary['pass_at_1']:.3f}  "
-        f"solved {summary['solved_tasks']}/{summary['scored_tasks']}  shape-correct {summary['shape_correct']:.3f}  "
-        f"cell acc {summary['cell_accuracy']:.3f}  tf loss {_number(summary['tf_loss'])}  "
-        f"{_number(summary['seconds_per_task'], 1)} s/task  failed {summary['failed']}",
-        soft_wrap=True,
-    )
+    tf_loss, seconds = number(summary["tf_loss"]), number(summary["seconds_per_task"], 1)
+    costs = f"tf loss {tf_loss}  {seconds} s/task  failed {summary['failed']}"
+    if summary["scored_tasks"]:
+        out.print(
+            f"pass@2 {summary['pass_at_2']:.3f}  pass@1 {summary['pass_at_1']:.3f}  "
+            f"solved {summary['solved_tasks']}/{summary['scored_tasks']}  {costs}",
+            soft_wrap=True,
+        )
+        out.print(leading_indicators(summary), soft_wrap=True)
+    else:
+        out.print(
+            f"nothing scored: none of these {len(chosen)} tasks has test outputs; the attempts are in "
+            f"{Path(out_dir) / 'submission.json'}  ({costs})",
+            soft_wrap=True,
+        )
     if summary["seen_tasks"]:
         out.print(
             f"[yellow]fit, not a score:[/] the checkpoint was trained on the test outputs of {summary['seen_tasks']} "

@@ -9,7 +9,7 @@ from rich.table import Table
 
 from onn_arc import data
 from onn_arc.cli.app import app
-from onn_arc.cli.common import JsonOpt, err, out
+from onn_arc.cli.common import JsonOpt, err, leading_indicators, number, out
 from onn_arc.errors import TaskError
 from onn_arc.scoring import Scorer, ScoreSummary, TaskScore, load_submission
 
@@ -40,7 +40,7 @@ def _marks(task: TaskScore, attempt: int) -> str:
 def _table(summary: ScoreSummary, title: str) -> Table:
     table = Table(title=escape(title))
     table.add_column("task")
-    for name in ("tests", "attempt 1", "attempt 2", "score", "cell acc"):
+    for name in ("tests", "attempt 1", "attempt 2", "score", "cell acc", "changed", "copy"):
         table.add_column(name, justify="right")
     for task in summary.tasks:
         table.add_row(
@@ -50,6 +50,8 @@ def _table(summary: ScoreSummary, title: str) -> Table:
             _marks(task, 2),
             f"{task.pass_at_2:.2f}",
             f"{task.cell_accuracy:.2f}",
+            number(task.changed_cell_accuracy, 2),
+            f"{task.copy_baseline.cell_accuracy:.2f}",
         )
     return table
 
@@ -76,7 +78,7 @@ def score(submission: SubmissionArg, split: SplitOpt = "arc1-eval", as_json: Jso
 
     scorer = Scorer()
     for task in scored:
-        scorer.update(task.id, attempts.get(task.id, []), [pair.output for pair in task.test], submitted=task.id in attempts)
+        scorer.update(task.id, attempts.get(task.id, []), task.test, submitted=task.id in attempts)
     summary = scorer.result()
 
     if as_json:
@@ -85,7 +87,7 @@ def score(submission: SubmissionArg, split: SplitOpt = "arc1-eval", as_json: Jso
     out.print(_table(summary, f"{submission.name} on {split}"))
     out.print(
         f"pass@2 {summary.pass_at_2:.3f}  pass@1 {summary.pass_at_1:.3f}  "
-        f"solved {summary.solved_tasks}/{summary.n_tasks} tasks  "
-        f"(shape correct {summary.shape_correct:.3f}, cell accuracy {summary.cell_accuracy:.3f})",
+        f"solved {summary.solved_tasks}/{summary.n_tasks} tasks",
         soft_wrap=True,
     )
+    out.print(leading_indicators(summary.to_json()), soft_wrap=True)
