@@ -1,8 +1,9 @@
 """Checkpoints: a folder that rebuilds a trained model and says what it was trained on.
 
     model.safetensors        the model's weights (safetensors: nothing is ever unpickled)
-    checkpoint.json          CheckpointMeta: versions, the full ModelConfig, TrainingData provenance,
-                             step, metrics, the training config and the sha256 of every other file
+    checkpoint.json          CheckpointMeta: versions, the full ModelConfig, TrainingData provenance, the chain
+                             of training stages, step, metrics, the training config and the sha256 of every
+                             other file
     train_state.safetensors  optional: the tensors of a resumable training state (optimizer, RNGs, cursor)
     train_state.json         optional: that state's structure, tensors replaced by references
 
@@ -10,17 +11,22 @@ Saving is atomic: everything is written and fsynced into `.NAME.tmp` beside the 
 folder is renamed to `.NAME.old`, the new one into place, and the old one deleted. A crash at any point
 leaves a complete checkpoint at NAME, or (between the two renames) at `.NAME.old`, which loading falls
 back to. One writer per folder at a time.
+
+Training stages: a model can be trained in stages (`onn-arc train --init CHECKPOINT` starts a new stage from a
+checkpoint's weights). Every checkpoint lists its stages, oldest first, each with its own data, command lines,
+counts and seconds; its `data` is their union, so the leakage rule covers every stage. Format 1 had no stages:
+it reads as one stage made from what it records.
 """
 
 import hashlib
 import json
 import os
 import shutil
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import safetensors.torch
@@ -34,7 +40,8 @@ from onn_arc.data import Task
 from onn_arc.errors import CheckpointError, ConfigError
 from onn_arc.model import TinyONN
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2 added `stages`
+READABLE_FORMATS = (1, 2)
 MODEL_FILE = "model.safetensors"
 META_FILE = "checkpoint.json"
 STATE_FILE = "train_state.safetensors"
@@ -71,6 +78,55 @@ class TrainingData(BaseModel):
         seen = set(self.task_ids_with_test_outputs)
         return [task.id for task in tasks if task.id in seen]
 
+    @classmethod
+    def union(cls, parts: Sequence["TrainingData"]) -> "TrainingData":
+        """Everything `parts` (training stages) saw together: sources in first-use order, every id whose test
+        outputs were seen, and as demo-only the sources never trained on with their test outputs. `n_tasks` adds
+        up the parts' counts, a part equal to an earlier one counting once (the usual case: one data set, several
+        stages); a task two different parts used counts twice."""
+        unique = list({part.model_dump_json(): part for part in parts}.values())
+        test_outputs_from = _ordered_union(part.test_outputs_from for part in parts)
+        return cls(
+            sources=_ordered_union(part.sources for part in parts),
+            test_outputs_from=test_outputs_from,
+            demos_only=[s for s in _ordered_union(part.demos_only for part in parts) if s not in test_outputs_from],
+            task_ids_with_test_outputs=_ordered_union(part.task_ids_with_test_outputs for part in parts),
+            n_tasks=sum(part.n_tasks for part in unique),
+        )
+
+    def covers(self, other: "TrainingData") -> bool:
+        """Whether every source and every id whose test outputs `other` saw is recorded here too."""
+        seen, others_seen = set(self.task_ids_with_test_outputs), set(other.task_ids_with_test_outputs)
+        return set(other.sources) <= set(self.sources) and others_seen <= seen
+
+
+def _ordered_union(lists: Iterable[list[str]]) -> list[str]:
+    return list(dict.fromkeys(item for items in lists for item in items))
+
+
+class Stage(BaseModel):
+    """One training stage: a run of `onn-arc train` from a fresh init or from `--init`'s weights, resumes included.
+
+    Counts cover every step of the stage on every rank. The defaults mean "not recorded": a checkpoint saved without
+    a chain (format 1, or a caller that passes none) holds one stage known only by its data, steps and save time.
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    commands: list[str] = []  # the command lines that ran it: the one that began it, then each --resume
+    init_sha256: str | None = None  # sha256 of the weights it began from (init checkpoint's model.safetensors); None: fresh
+    saved: datetime  # UTC, when the stage last wrote a checkpoint
+    data: TrainingData  # what this stage trained on
+    steps: int = Field(ge=0)  # optimizer steps taken (skipped ones included)
+    tokens: int | None = Field(default=None, ge=0)  # real (not padding) tokens in its batches
+    target_tokens: int | None = Field(default=None, ge=0)  # tokens the main loss was counted on (output grids)
+    padded_tokens: int | None = Field(default=None, ge=0)  # batch rows x padded length, summed: what the steps computed
+    seconds: float | None = Field(default=None, ge=0)  # wall-clock seconds of its steps (rank 0), summed
+    precision: Literal["fp32", "bf16"] | None = None  # what its forward passes ran in (`auto` resolved); None: fp32 era
+
+
+COUNTED = ("steps", "tokens", "target_tokens", "padded_tokens", "seconds")  # what Stage counts and chains add up
+
 
 Metric = float | int  # ints stay ints (counts), floats stay floats (NaN and inf included)
 
@@ -80,15 +136,28 @@ class CheckpointMeta(BaseModel):
 
     model_config = ConfigDict(frozen=True, extra="forbid", ser_json_inf_nan="constants")
 
-    format_version: int  # FORMAT_VERSION of the writer; loading needs an exact match
+    format_version: int  # FORMAT_VERSION of the writer; loading needs one of READABLE_FORMATS
     onn_arc_version: str  # package version that wrote it
     created: datetime  # UTC
     step: int = Field(ge=0)  # optimizer steps taken
     metrics: dict[str, Metric]  # e.g. {"main": 0.41, "acc": 0.87}
     model: ModelConfig  # the full model config: rebuilds the model alone
-    data: TrainingData  # provenance
-    train_config: dict[str, Any]  # free-form training settings, for the record
+    data: TrainingData  # provenance: the union over `stages`
+    stages: list[Stage] = Field(min_length=1)  # the training stages, oldest first; the last one wrote this checkpoint
+    train_config: dict[str, Any]  # free-form training settings of the last stage, for the record
     files: dict[str, str]  # file name -> sha256 of every other file in the folder
+
+    @model_validator(mode="after")
+    def _data_covers_stages(self) -> "CheckpointMeta":
+        for i, stage in enumerate(self.stages, 1):
+            if not self.data.covers(stage.data):
+                raise ValueError(f"data does not cover the sources and seen test outputs of stage {i}")
+        return self
+
+    def totals(self) -> dict[str, Metric | None]:
+        """Steps, tokens and step-seconds added up over the stages; None where a stage did not record one."""
+        values = {name: [getattr(stage, name) for stage in self.stages] for name in COUNTED}
+        return {name: None if None in v else sum(v) for name, v in values.items()}
 
 
 @dataclass
@@ -186,9 +255,14 @@ def save_checkpoint(
     metrics: dict[str, Metric],
     train_config: dict[str, Any] | None = None,
     train_state: dict[str, Any] | None = None,
+    stages: list[Stage] | None = None,
 ) -> Path:
-    """Write a checkpoint folder atomically, replacing any checkpoint already there. Returns the folder."""
+    """Write a checkpoint folder atomically, replacing any checkpoint already there. Returns the folder.
+
+    `data` must cover every stage's data (their union); without `stages` the checkpoint holds one unrecorded stage.
+    """
     folder = Path(folder).absolute()
+    created = datetime.now(UTC)
     if folder.exists() and not (folder / META_FILE).is_file() and (folder.is_file() or any(folder.iterdir())):
         raise CheckpointError(f"{folder}: exists and is not a checkpoint; refusing to overwrite it")
     blobs = {MODEL_FILE: safetensors.torch.save(_storable(model.state_dict()))}
@@ -199,11 +273,12 @@ def save_checkpoint(
     meta = CheckpointMeta(
         format_version=FORMAT_VERSION,
         onn_arc_version=__version__,
-        created=datetime.now(UTC),
+        created=created,
         step=step,
         metrics=metrics,
         model=model.cfg,
         data=data,
+        stages=stages if stages is not None else [Stage(saved=created, data=data, steps=step)],
         train_config=train_config or {},
         files={name: hashlib.sha256(blob).hexdigest() for name, blob in blobs.items()},
     )
@@ -259,12 +334,15 @@ def _read_meta(folder: Path) -> CheckpointMeta:
         raise CheckpointError(f"{folder}: {META_FILE} is not valid JSON ({e})") from None
     if not isinstance(raw, dict):
         raise CheckpointError(f"{folder}: {META_FILE} holds a {type(raw).__name__}, not an object")
-    if raw.get("format_version") != FORMAT_VERSION:
+    if raw.get("format_version") not in READABLE_FORMATS:
         raise CheckpointError(
             f"{folder}: checkpoint format version {raw.get('format_version')!r} "
-            f"(written by onn-arc {raw.get('onn_arc_version', '?')}); this onn-arc {__version__} reads version {FORMAT_VERSION}"
+            f"(written by onn-arc {raw.get('onn_arc_version', '?')}); "
+            f"this onn-arc {__version__} reads versions {', '.join(map(str, READABLE_FORMATS))}"
         )
     try:
+        if raw["format_version"] == 1:  # no stages yet: all its training reads as one stage, known by what it records
+            raw = raw | {"stages": [{"saved": raw.get("created"), "data": raw.get("data"), "steps": raw.get("step")}]}
         return CheckpointMeta.model_validate(raw)
     except ValidationError as e:
         raise CheckpointError(one_line(e, f"{folder}: {META_FILE}")) from None
@@ -322,6 +400,10 @@ def default_checkpoint() -> Path:
 
 
 def export_weights(source: str | Path, target: str | Path) -> Path:
-    """Copy a checkpoint without its training state: what ships in `checkpoints/` (same weights, config, provenance)."""
+    """Copy a checkpoint without its training state: what ships in `checkpoints/` (same weights, config, provenance,
+    stages)."""
     c = load_checkpoint(source)
-    return save_checkpoint(target, c.model, c.meta.data, c.meta.step, dict(c.meta.metrics), c.meta.train_config)
+    meta = c.meta
+    return save_checkpoint(
+        target, c.model, meta.data, meta.step, dict(meta.metrics), meta.train_config, stages=meta.stages
+    )

@@ -10,6 +10,9 @@ whole data cursor. A run stopped and resumed from a checkpoint ends with the
 same weights as one never stopped (step budgets; a wall-clock budget stops
 wherever the time runs out).
 
+Stages: `prepare(..., init=checkpoint)` starts a new run from a checkpoint's weights with a fresh optimizer and lr
+schedule, so a long training can go on stage by stage; each checkpoint lists the stages behind it (checkpoint.py).
+
 Distributed data parallel (torchrun): each rank draws its own batch, gradients
 and Gauss-Newton statistics are averaged with all-reduce before the update, and
 only rank 0 writes checkpoints and metrics.
@@ -23,7 +26,8 @@ import signal
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, nullcontext
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
@@ -31,14 +35,15 @@ import torch
 import torch.distributed as dist
 
 from onn_arc.augment import Augmentation
-from onn_arc.checkpoint import TrainingData, load_checkpoint, save_checkpoint
-from onn_arc.config import AugmentConfig, OptimizerConfig, TrainConfig
+from onn_arc.checkpoint import MODEL_FILE, LoadedCheckpoint, Stage, TrainingData, load_checkpoint, save_checkpoint
+from onn_arc.config import AugmentConfig, ModelConfig, OptimizerConfig, TrainConfig
 from onn_arc.data import Pair, Task, load_source
 from onn_arc.errors import ConfigError, TaskError, TrainingError
 from onn_arc.losses import forward_backward
 from onn_arc.model import TinyONN
 from onn_arc.optim import GaussNewton
-from onn_arc.tokens import Batch, Sequence, collate, encode_task, task_room
+from onn_arc.precision import resolve as resolve_precision
+from onn_arc.tokens import PAD, Batch, Sequence, collate, encode_task, task_room
 
 EVAL_SPLITS = ("arc1-eval", "arc2-eval")
 BUCKET = 2  # a batch's companions come from the BUCKET × (how many fit) examples nearest its first in length
@@ -288,32 +293,60 @@ def _trim_metrics(path: Path, last_step: int) -> None:
     path.write_text("".join(ln + "\n" for ln in lines))
 
 
+def _sum_over_ranks(counts: list[int], device: torch.device) -> list[int]:
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return counts
+    total = torch.tensor(counts, dtype=torch.int64, device=device)
+    dist.all_reduce(total)
+    return total.tolist()
+
+
+_COUNTERS = ("step", "elapsed", "tokens", "target_tokens", "padded_tokens")  # Run's counters, saved to resume
+
+
 @dataclass
 class Run:
-    """A training run ready to go: model, optimizer and where it stands."""
+    """A training run ready to go: model, optimizer and where it stands. The run is one training stage; the
+    stages before it (from an `init` checkpoint) are kept to be chained in front of it in every checkpoint."""
 
     cfg: TrainConfig
     paths: RunPaths
     model: TinyONN
     opt: torch.optim.Optimizer
     pool: list[Example]
-    data: TrainingData
+    data: TrainingData  # what this stage trains on
+    earlier: list[Stage] = field(default_factory=list)  # the stages before this one, oldest first
+    commands: list[str] = field(default_factory=list)  # the command lines of this stage (began it, then resumes)
+    init_sha256: str | None = None  # the weights this stage began from; None: a fresh init
     step: int = 0
-    elapsed: float = 0.0
+    elapsed: float = 0.0  # seconds of this stage's steps
+    tokens: int = 0  # real, target and padded tokens of this stage's steps, all ranks (Stage has their meaning)
+    target_tokens: int = 0
+    padded_tokens: int = 0
+
+    def stage(self) -> Stage:
+        """This stage's record as it stands now."""
+        return Stage(
+            commands=self.commands, init_sha256=self.init_sha256, saved=datetime.now(UTC), data=self.data,
+            steps=self.step, tokens=self.tokens, target_tokens=self.target_tokens, padded_tokens=self.padded_tokens,
+            seconds=self.elapsed, precision=resolve_precision(self.cfg.precision, next(self.model.parameters()).device),
+        )  # fmt: skip
 
     def save(self, metrics: dict[str, float]) -> None:
         """Atomically write the checkpoint with everything needed to resume (rank 0 only)."""
         if _rank()[0] != 0:
             return
-        state = {"optimizer": self.opt.state_dict(), "step": self.step, "elapsed": self.elapsed}
+        state = {"optimizer": self.opt.state_dict()} | {name: getattr(self, name) for name in _COUNTERS}
+        stages = [*self.earlier, self.stage()]
         save_checkpoint(
             self.paths.checkpoint,
             self.model,
-            self.data,
+            TrainingData.union([stage.data for stage in stages]),
             self.step,
             metrics,
             train_config=self.cfg.model_dump(mode="json"),
             train_state=state,
+            stages=stages,
         )
 
     def fit(self, on_step: Callable[[int, dict[str, float]], None] | None = None) -> dict[str, float]:
@@ -347,6 +380,11 @@ class Run:
                 self.step += 1
                 seconds = time.perf_counter() - started
                 self.elapsed += seconds
+                counts = [int((batch.tokens != PAD).sum()), int(metrics["tokens"]), batch.tokens.numel()]
+                real, target, padded = _sum_over_ranks(counts, device)
+                self.tokens, self.target_tokens, self.padded_tokens = (
+                    self.tokens + real, self.target_tokens + target, self.padded_tokens + padded
+                )
                 metrics |= {"lr": opt.param_groups[0]["lr"], "tok_s": batch.n_tokens * world / seconds}
                 if log is not None:
                     log.write(json.dumps({"step": self.step, "elapsed": self.elapsed, **metrics}) + "\n")
@@ -362,24 +400,66 @@ class Run:
         return metrics
 
 
-def prepare(cfg: TrainConfig, out: Path, resume: bool = False, device: torch.device | str = "cpu") -> Run:
-    """Check the data and the run folder, build the model and optimizer, and restore them when resuming."""
+def _check_init_model(init: ModelConfig, asked: ModelConfig) -> None:
+    """A stage keeps its init checkpoint's architecture; only max_len may change (positions are rotary and grid
+    coordinates, so no weight depends on the context length)."""
+    differ = [name for name in ModelConfig.model_fields if name != "max_len" and getattr(init, name) != getattr(asked, name)]
+    if differ:
+        has = ", ".join(f"{name}={getattr(init, name)}" for name in differ)
+        asks = ", ".join(f"{name}={getattr(asked, name)}" for name in differ)
+        raise ConfigError(
+            f"--init: the checkpoint's model has {has} but the config asks for {asks}; "
+            "a stage keeps its init checkpoint's architecture (only --max-len may change)"
+        )
+
+
+def prepare(
+    cfg: TrainConfig,
+    out: Path,
+    resume: bool = False,
+    device: torch.device | str = "cpu",
+    init: LoadedCheckpoint | None = None,
+    command: str | None = None,
+) -> Run:
+    """Check the data and the run folder, build the model and optimizer, and restore them when resuming.
+
+    `init`: a new run (a new training stage) starting from that checkpoint's weights, with a fresh optimizer and
+    lr schedule; its stages are chained in front of this one. `command`: the command line, for the record.
+    """
     rank, _ = _rank()
     paths = RunPaths(Path(out))
+    if init is not None and resume:
+        raise ConfigError("--init starts a new run from a checkpoint and --resume continues one; pass only one")
     if not resume and paths.checkpoint.exists():
         raise ConfigError(f"{paths.root}: already holds a run; pass --resume to continue it or choose another --out")
+    if init is not None:
+        _check_init_model(init.meta.model, cfg.model)
     pool, data = build_pool(cfg.sources, cfg.demo_sources)
     torch.manual_seed(cfg.seed)
     model = TinyONN(cfg.model).to(device)
     opt = make_optimizer(model, cfg.optimizer)
-    run = Run(cfg, paths, model, opt, pool, data)
+    commands = [command] if command else []
+    run = Run(cfg, paths, model, opt, pool, data, commands=commands)
+    if init is not None:
+        model.load_state_dict(init.model.state_dict())
+        run.earlier, run.init_sha256 = init.meta.stages, init.meta.files[MODEL_FILE]
     if resume:
         loaded = load_checkpoint(paths.checkpoint, device=device)
-        if loaded.train_state is None:
+        state = loaded.train_state
+        if state is None:
             raise ConfigError(f"{paths.checkpoint}: has no training state to resume from")
+        if "tokens" not in state:
+            raise ConfigError(
+                f"{paths.checkpoint}: written by an onn-arc that did not record training stages; "
+                f"start a new stage from it with --init {paths.checkpoint}"
+            )
         model.load_state_dict(loaded.model.state_dict())
-        opt.load_state_dict(loaded.train_state["optimizer"])
-        run.step, run.elapsed = loaded.train_state["step"], loaded.train_state["elapsed"]
+        opt.load_state_dict(state["optimizer"])
+        *run.earlier, current = loaded.meta.stages
+        run.data = TrainingData.union([current.data, data])  # the sources may have changed on resuming
+        run.commands, run.init_sha256 = current.commands + commands, current.init_sha256
+        for name in _COUNTERS:
+            setattr(run, name, state[name])
         if rank == 0:
             _trim_metrics(paths.metrics, run.step)
     if rank == 0:

@@ -3,6 +3,7 @@
 import json
 import random
 import shutil
+from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
@@ -16,6 +17,8 @@ from typer.testing import CliRunner
 import onn_arc.cli.inspect  # noqa: F401  (registers the command)
 from onn_arc import checkpoint
 from onn_arc.checkpoint import (
+    COUNTED,
+    Stage,
     TrainingData,
     default_checkpoint,
     flatten_state,
@@ -266,9 +269,10 @@ def test_missing_and_non_checkpoint_folders(tmp_path: Path):
         (lambda f: edit_meta(f, lambda m: m["model"].update(n_layers=2)), "lacks"),
         (lambda f: edit_meta(f, lambda m: m["data"].pop("sources")), "data.sources"),
         (lambda f: edit_meta(f, lambda m: m["files"].pop("model.safetensors")), "does not list model.safetensors"),
+        (lambda f: edit_meta(f, lambda m: m["data"].update(task_ids_with_test_outputs=[])), "seen test outputs of stage 1"),
     ],
     ids=["missing", "truncated", "tampered", "not-json", "format", "bad-config", "shape", "missing-tensors",
-         "bad-provenance", "unlisted"],
+         "bad-provenance", "unlisted", "data-misses-a-stage"],
 )
 def test_damaged_checkpoints_give_one_line(saved, damage, match):
     folder, _ = saved
@@ -311,6 +315,56 @@ def test_provenance_names_only_listed_sources():
         TrainingData(sources=["arc1-train"], test_outputs_from=["arc2-train"], demos_only=[], task_ids_with_test_outputs=[], n_tasks=0)
 
 
+def test_union_over_stages():
+    demos = TrainingData(sources=["e", "t"], test_outputs_from=["t"], demos_only=["e"], task_ids_with_test_outputs=["b"], n_tasks=5)
+    later = TrainingData(sources=["e"], test_outputs_from=["e"], demos_only=[], task_ids_with_test_outputs=["a"], n_tasks=3)
+    union = TrainingData.union([demos, demos, later])
+    assert union.sources == ["e", "t"] and union.test_outputs_from == ["t", "e"] and union.demos_only == []
+    assert union.task_ids_with_test_outputs == ["a", "b"] and union.n_tasks == 8  # equal stages count once
+    assert union.covers(demos) and union.covers(later) and not demos.covers(union)
+
+
+# ---------------------------------------------------------------- stages
+
+
+NOW = datetime(2026, 1, 2, 3, 4, tzinfo=UTC)
+LATER = TrainingData(sources=["arc2-train"], test_outputs_from=["arc2-train"], demos_only=[], task_ids_with_test_outputs=["c"], n_tasks=1)
+STAGES = [
+    Stage(commands=["onn-arc train"], saved=NOW, data=DATA, steps=10, tokens=900, target_tokens=300, padded_tokens=1000, seconds=2.5),
+    Stage(commands=["onn-arc train --init x", "onn-arc train --resume"], init_sha256="ab" * 32, saved=NOW, data=LATER,
+          steps=5, tokens=450, target_tokens=150, padded_tokens=500, seconds=1.25, precision="bf16"),
+]  # fmt: skip
+
+
+@pytest.fixture
+def chained(tmp_path: Path) -> Path:
+    return save_checkpoint(tmp_path / "chained", tiny(), TrainingData.union([DATA, LATER]), 5, {}, stages=STAGES)
+
+
+def test_a_chain_round_trips_adds_up_and_ships(chained):
+    meta = load_checkpoint(chained).meta
+    assert meta.stages == STAGES and meta.format_version == checkpoint.FORMAT_VERSION
+    shipped = load_checkpoint(checkpoint.export_weights(chained, chained.parent / "ship")).meta
+    assert (shipped.stages, shipped.data) == (STAGES, meta.data)
+    assert meta.totals() == {"steps": 15, "tokens": 1350, "target_tokens": 450, "padded_tokens": 1500, "seconds": 3.75}
+    assert meta.data.leaks_into([task("a"), task("c"), task("d")]) == ["a", "c"]
+
+
+def test_a_format_1_checkpoint_reads_as_one_stage(saved):
+    folder, _ = saved
+    edit_meta(folder, lambda m: (m.pop("stages"), m.update(format_version=1)))
+    meta = load_checkpoint(folder).meta
+    (stage,) = meta.stages
+    assert (stage.data, stage.steps, stage.saved, stage.commands, stage.init_sha256) == (DATA, 3, meta.created, [], None)
+    assert meta.totals() == {"steps": 3} | dict.fromkeys(COUNTED[1:])  # nothing else was counted
+
+
+def test_the_shipped_checkpoint_still_loads(tmp_path: Path):
+    meta = load_checkpoint(checkpoint.REPO_ROOT / "checkpoints" / "default").meta
+    assert meta.format_version == 1 and len(meta.stages) == 1 and meta.stages[0].steps == meta.step == 1000
+    assert meta.stages[0].data == meta.data and meta.data.sources == ["arc1-train"]
+
+
 # ---------------------------------------------------------------- inspect
 
 
@@ -331,6 +385,23 @@ def test_inspect_shows_config_parameters_provenance_and_activation(saved):
     assert [layer["name"] for layer in layers] == [name for name, _ in model.routed_layers()]
     assert all(0 <= layer["rate"] <= 1 and 0 <= layer["dead"] <= layer["units"] for layer in layers)
     assert report["step"] == 3 and report["data"]["sources"] == DATA.sources
+
+
+def test_inspect_shows_the_chain_and_its_totals(chained, saved):
+    result = CliRunner().invoke(app, ["inspect", str(chained), "--tasks", "0"])
+    assert result.exit_code == 0, result.output
+    lines = result.stdout.splitlines()
+    start = lines.index("stages: 2 · total 15 steps · 1,350 tokens (450 target, 1,500 padded) · 3.8 s")
+    assert lines[start + 1].startswith("  1. 10 steps · 900 tokens (300 target, 1,000 padded) · 2.5 s · ? · arc1-train + ")
+    assert lines[start + 1].endswith("fresh init · 2026-01-02 03:04 · onn-arc train")
+    assert f"· bf16 · arc2-train · from {'ab' * 6} ·" in lines[start + 2]
+    assert lines[start + 2].endswith("onn-arc train --init x ; onn-arc train --resume")
+    report = json.loads(CliRunner().invoke(app, ["inspect", str(chained), "--tasks", "0", "--json"]).stdout)
+    assert report["totals"]["tokens"] == 1350 and len(report["stages"]) == 2
+
+    result = CliRunner().invoke(app, ["inspect", str(saved[0]), "--tasks", "0"])
+    assert "stages: 1 · total 3 steps · ? tokens (? target, ? padded) · ? s" in result.stdout
+    assert "command not recorded" in result.stdout
 
 
 def test_inspect_dense_baseline(tmp_path: Path):

@@ -3,17 +3,24 @@ import os
 import signal
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from typer.testing import CliRunner
 
+import onn_arc.cli.train  # noqa: F401  (registers the command)
 from onn_arc import train as tr
-from onn_arc.checkpoint import load_checkpoint
+from onn_arc.checkpoint import COUNTED, load_checkpoint, save_checkpoint
+from onn_arc.cli.app import app
+from onn_arc.config import ModelConfig, OptimizerConfig, SolveConfig, TrainConfig
 from onn_arc.data import load_split, resolve_task
-from onn_arc.config import ModelConfig, OptimizerConfig, TrainConfig
-from onn_arc.errors import ConfigError, TrainingError
-from onn_arc.tokens import PAD
+from onn_arc.errors import ConfigError, LeakageError, TrainingError
+from onn_arc.evaluate import evaluate
+from onn_arc.losses import main_loss
+from onn_arc.model import TinyONN
+from onn_arc.tokens import PAD, Batch
 
 DATA = "data"  # the bundled example tasks: small, fast
 
@@ -49,7 +56,8 @@ def test_interrupted_and_resumed_run_ends_with_the_same_weights(tmp_path, optimi
             os.kill(os.getpid(), signal.SIGINT)  # handled: save and stop
 
     first.fit(stop_after_3)
-    assert load_checkpoint(tmp_path / "parts" / "checkpoint").meta.step == 3
+    saved = load_checkpoint(tmp_path / "parts" / "checkpoint").meta
+    assert saved.step == 3 and saved.stages[-1].precision == precision
     second = tr.prepare(_cfg(optimizer=opt, precision=precision), tmp_path / "parts", resume=True)
     assert second.step == 3
     second.fit()
@@ -133,8 +141,11 @@ def test_torchrun_two_cpu_processes(tmp_path):
     ]  # fmt: skip
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=240, env=os.environ | {"OMP_NUM_THREADS": "1"})
     assert proc.returncode == 0, proc.stderr[-2000:]
-    assert load_checkpoint(tmp_path / "checkpoint").meta.step == 3
-    assert len((tmp_path / "metrics.jsonl").read_text().splitlines()) == 3  # rank 0 only
+    meta = load_checkpoint(tmp_path / "checkpoint").meta
+    assert meta.step == 3
+    lines = [json.loads(x) for x in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert len(lines) == 3  # rank 0 only
+    assert meta.stages[0].target_tokens > sum(x["tokens"] for x in lines)  # rank 1's tokens are counted too
 
 
 def test_resuming_a_finished_run_changes_nothing(tmp_path):
@@ -156,3 +167,164 @@ def test_batches_are_length_bucketed_within_budget_and_seeded():
     assert real / padded > 0.8  # random draws padded to the longest: ~0.57 (bench/model.py measures 200 batches)
     again = [tr.sample_batch(pool, np.random.default_rng([0, 7]), 8192, 2048, aug) for _ in range(2)]
     assert torch.equal(again[0].tokens, again[1].tokens)
+
+
+# ---------------------------------------------------------------- stages: --init
+
+
+FIRST, SECOND = "data/6150a2bd.json", "data/25ff71a9.json"  # one task each: what each stage saw is known
+
+
+@pytest.fixture(scope="module")
+def stage1(tmp_path_factory) -> Path:
+    """A finished first stage on FIRST, trained hard enough that its weights are far from a fresh init."""
+    out = tmp_path_factory.mktemp("stage1")
+    tr.prepare(_cfg(sources=[FIRST], steps=5, optimizer=OptimizerConfig(lr=1e-2)), out, command="onn-arc train 1").fit()
+    return out / "checkpoint"
+
+
+def _stage2_cfg(**kw) -> TrainConfig:
+    return _cfg(**(dict(sources=[SECOND], steps=3, seed=1) | kw))
+
+
+def _spy_batches(monkeypatch) -> list[Batch]:
+    """Record the batch of every training step."""
+    batches, real = [], tr.train_step
+
+    def spy(*args, **kw):
+        batches.append(args[2])
+        return real(*args, **kw)
+
+    monkeypatch.setattr(tr, "train_step", spy)
+    return batches
+
+
+def _main_loss(model: TinyONN, batch: Batch) -> float:
+    with torch.no_grad():
+        return main_loss(model(batch.tokens, batch.rows, batch.cols, batch.pos), batch.tokens, batch.targets)[0].item()
+
+
+def test_init_starts_from_the_weights_with_a_fresh_optimizer_and_schedule(stage1, tmp_path, monkeypatch):
+    init = load_checkpoint(stage1)
+    assert init.train_state["optimizer"]["state"]  # there was optimizer state to leave behind
+    run = tr.prepare(_stage2_cfg(), tmp_path, init=init)
+    assert run.step == 0 and run.opt.state_dict()["state"] == {}
+    assert all(torch.equal(a, b) for a, b in zip(run.model.state_dict().values(), init.model.state_dict().values()))
+
+    batches, losses, lrs = _spy_batches(monkeypatch), [], []
+    run.fit(lambda step, m: (losses.append(m["main"]), lrs.append(m["lr"])))
+    assert lrs[0] == pytest.approx(run.cfg.optimizer.lr / run.cfg.warmup_steps)  # the warm-up starts again
+    torch.manual_seed(run.cfg.seed)
+    fresh = _main_loss(TinyONN(run.cfg.model), batches[0])
+    continued = _main_loss(init.model, batches[0])  # the checkpoint's loss on stage 2's first batch
+    assert abs(losses[0] - continued) < abs(fresh - continued) / 10, (losses[0], continued, fresh)
+
+
+def test_stages_chain_their_data_counts_and_commands(stage1, tmp_path, monkeypatch):
+    init = load_checkpoint(stage1)
+    batches = _spy_batches(monkeypatch)
+    targets = []
+    tr.prepare(_stage2_cfg(), tmp_path, init=init, command="onn-arc train 2").fit(lambda s, m: targets.append(m["tokens"]))
+    meta = load_checkpoint(tmp_path / "checkpoint").meta
+
+    first, second = meta.stages
+    assert first == init.meta.stages[0] and first.commands == ["onn-arc train 1"] and first.init_sha256 is None
+    assert second.commands == ["onn-arc train 2"] and second.init_sha256 == init.meta.files["model.safetensors"]
+    assert first.data.task_ids_with_test_outputs == ["6150a2bd"] and second.data.task_ids_with_test_outputs == ["25ff71a9"]
+    assert meta.data.task_ids_with_test_outputs == ["25ff71a9", "6150a2bd"] and meta.data.sources == [FIRST, SECOND]
+    assert (second.steps, meta.step) == (3, 3)
+    assert second.tokens == sum(int((b.tokens != PAD).sum()) for b in batches)
+    assert second.padded_tokens == sum(b.tokens.numel() for b in batches) and second.target_tokens == sum(targets)
+    totals = meta.totals()
+    for name in COUNTED:
+        assert totals[name] == getattr(first, name) + getattr(second, name)
+    assert 0 < second.seconds and 0 < second.target_tokens < second.tokens <= second.padded_tokens
+
+
+def test_eval_refuses_a_task_only_an_earlier_stage_saw(stage1, tmp_path):
+    tr.prepare(_stage2_cfg(steps=1), tmp_path, init=load_checkpoint(stage1)).fit()
+    assert "6150a2bd" not in load_checkpoint(tmp_path / "checkpoint").meta.stages[-1].data.task_ids_with_test_outputs
+    with pytest.raises(LeakageError, match="6150a2bd"):
+        evaluate(tmp_path / "checkpoint", [resolve_task(FIRST)], SolveConfig(), tmp_path / "eval")
+
+
+def test_a_resumed_stage_keeps_its_chain_and_adds_to_its_counts(stage1, tmp_path):
+    init = load_checkpoint(stage1)
+    whole = tr.prepare(_stage2_cfg(), tmp_path / "whole", init=init)
+    whole.fit()
+
+    def stop_after_1(step, metrics):
+        if step == 1:
+            os.kill(os.getpid(), signal.SIGINT)
+
+    tr.prepare(_stage2_cfg(), tmp_path / "parts", init=init, command="began").fit(stop_after_1)
+    second = tr.prepare(_stage2_cfg(), tmp_path / "parts", resume=True, command="resumed")
+    assert (second.step, second.earlier, second.init_sha256) == (1, init.meta.stages, whole.init_sha256)
+    second.fit()
+
+    assert all(torch.equal(a, b) for a, b in zip(_weights(whole).values(), _weights(second).values()))
+    a, b = whole.stage(), load_checkpoint(tmp_path / "parts" / "checkpoint").meta.stages[-1]
+    assert b.commands == ["began", "resumed"]
+    assert [getattr(a, n) for n in COUNTED if n != "seconds"] == [getattr(b, n) for n in COUNTED if n != "seconds"]
+
+
+def test_a_stage_resumed_on_other_sources_records_both(tmp_path):
+    tr.prepare(_stage2_cfg(steps=1), tmp_path).fit()
+    tr.prepare(_stage2_cfg(steps=2, sources=[FIRST]), tmp_path, resume=True).fit()
+    (stage,) = load_checkpoint(tmp_path / "checkpoint").meta.stages
+    assert stage.steps == 2 and stage.data.task_ids_with_test_outputs == ["25ff71a9", "6150a2bd"]
+
+
+def test_init_refuses_resume_and_another_architecture_but_not_another_context(stage1, tmp_path):
+    init = load_checkpoint(stage1)
+    tr.prepare(_stage2_cfg(steps=1), tmp_path / "run").fit()
+    with pytest.raises(ConfigError, match="pass only one"):
+        tr.prepare(_stage2_cfg(), tmp_path / "run", resume=True, init=init)
+    with pytest.raises(ConfigError, match="d_model=16 but the config asks for d_model=32"):
+        tr.prepare(_stage2_cfg(model=ModelConfig.preset("tiny", d_model=32)), tmp_path / "wider", init=init)
+    run = tr.prepare(_stage2_cfg(model=ModelConfig.preset("tiny", max_len=128)), tmp_path / "shorter", init=init)
+    assert run.model.cfg.max_len == 128
+
+
+def test_a_run_saved_before_stages_is_continued_with_init_not_resume(tmp_path):
+    run = tr.prepare(_stage2_cfg(), tmp_path)
+    old_state = {"optimizer": run.opt.state_dict(), "step": 1, "elapsed": 0.5}  # what a format-1 run saved
+    save_checkpoint(run.paths.checkpoint, run.model, run.data, 1, {}, run.cfg.model_dump(mode="json"), old_state)
+    with pytest.raises(ConfigError, match="start a new stage from it with --init"):
+        tr.prepare(_stage2_cfg(), tmp_path, resume=True)
+
+
+def _train(*args: str):
+    return CliRunner().invoke(app, ["train", *args, "--threads", "1", "--device", "cpu"])
+
+
+def test_cli_init_from_the_shipped_checkpoint_records_the_command(tmp_path, monkeypatch):
+    args = ["--init", "checkpoints/default", "--out", str(tmp_path), "--source", SECOND, "--max-len", "256",
+            "--batch-tokens", "512", "--steps", "1"]  # fmt: skip
+    monkeypatch.setattr(sys, "argv", ["/somewhere/bin/onn-arc", "train", *args])
+    result = _train(*args)
+    assert result.exit_code == 0, result.output
+    assert "stage 2, from weights" in result.stderr
+    meta = load_checkpoint(tmp_path / "checkpoint").meta
+    shipped, new = meta.stages
+    assert (shipped.steps, shipped.data.sources, shipped.commands) == (1000, ["arc1-train"], [])
+    assert new.commands == ["onn-arc train " + " ".join(args)] and meta.model.d_model == 128
+    assert meta.totals()["steps"] == 1001 and meta.totals()["tokens"] is None  # the shipped stage counted no tokens
+
+
+@pytest.mark.parametrize(
+    "args, match",
+    [
+        (["--resume"], "pass only one"),
+        (["--size", "small"], "the config asks for d_model=64"),
+        (["--n-layers", "2"], "n_layers=1 but the config asks for n_layers=2"),
+    ],
+)
+def test_cli_init_refusals_are_one_line(stage1, tmp_path, args, match):
+    result = _train("--init", str(stage1), "--out", str(tmp_path), "--source", SECOND, *args)
+    assert result.exit_code == 1 and match in result.stderr and len(result.stderr.strip().splitlines()) == 1
+
+
+def test_cli_init_from_a_missing_checkpoint(tmp_path):
+    result = _train("--init", str(tmp_path / "nothing"), "--out", str(tmp_path / "run"))
+    assert result.exit_code == 1 and "no such checkpoint folder" in result.stderr

@@ -9,7 +9,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from onn_arc import data
-from onn_arc.checkpoint import LoadedCheckpoint, default_checkpoint, load_checkpoint
+from onn_arc.checkpoint import COUNTED, LoadedCheckpoint, Stage, default_checkpoint, load_checkpoint
 from onn_arc.cli.app import app
 from onn_arc.cli.common import JsonOpt, ThreadsOpt, out
 from onn_arc.errors import TaskError
@@ -100,6 +100,31 @@ def _ids(ids: list[str]) -> str:
     return f"{len(ids)}: " + ", ".join(ids[:5]) + (", ..." if len(ids) > 5 else "") if ids else "none"
 
 
+def _counts(counts: dict[str, Any]) -> str:
+    """Steps, tokens and seconds of a stage or of a chain ('?' where not recorded)."""
+
+    def n(name: str, spec: str = ",") -> str:
+        return "?" if counts[name] is None else format(counts[name], spec)
+
+    return (
+        f"{n('steps')} steps · {n('tokens')} tokens ({n('target_tokens')} target, {n('padded_tokens')} padded) · "
+        f"{n('seconds', ',.1f')} s"
+    )
+
+
+def _stage_line(i: int, stage: Stage) -> str:
+    """One line: the stage's counts, precision, data, starting weights, last save and command lines."""
+    d = stage.data
+    used = [", ".join(d.test_outputs_from)] if d.test_outputs_from else []
+    if d.demos_only:
+        used.append("demos of " + ", ".join(d.demos_only))
+    start = f"from {stage.init_sha256[:12]}" if stage.init_sha256 else "fresh init"
+    commands = " ; ".join(stage.commands) or "command not recorded"
+    counts = _counts(stage.model_dump(include=set(COUNTED)))
+    data = " + ".join(used) or "no data"
+    return f"  {i}. {counts} · {stage.precision or '?'} · {data} · {start} · {stage.saved:%Y-%m-%d %H:%M} · {commands}"
+
+
 def _render(ckpt: LoadedCheckpoint, params: dict[str, int], activation: dict[str, Any] | None) -> None:
     meta = ckpt.meta
     out.print(
@@ -135,6 +160,9 @@ def _render(ckpt: LoadedCheckpoint, params: dict[str, int], activation: dict[str
             },
         )
     )
+    out.print(f"stages: {len(meta.stages)} · total {_counts(meta.totals())}", soft_wrap=True)
+    for i, stage in enumerate(meta.stages, 1):
+        out.print(escape(_stage_line(i, stage)), soft_wrap=True)
     if activation is None:
         return
     if activation["dense"]:
@@ -166,8 +194,8 @@ def inspect(
     if as_json:
         meta = ckpt.meta.model_dump(mode="json", exclude={"files"})
         out.print_json(
-            data={"folder": str(ckpt.folder), **meta, "train_state": ckpt.train_state is not None,
-                  "parameters": params, "activation": activation}
+            data={"folder": str(ckpt.folder), **meta, "totals": ckpt.meta.totals(),
+                  "train_state": ckpt.train_state is not None, "parameters": params, "activation": activation}
         )
         return
     _render(ckpt, params, activation)

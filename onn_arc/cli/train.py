@@ -2,6 +2,8 @@
 
 import json
 import os
+import shlex
+import sys
 import tomllib
 from pathlib import Path
 from typing import Annotated, Any
@@ -46,6 +48,7 @@ def train_command(
     out_dir: Annotated[Path, Opt("--out", "-o", help="Run folder: checkpoint/ and metrics.jsonl go here.")] = Path("runs/default"),
     config: Annotated[Path | None, Opt(help="A TOML or JSON file of TrainConfig fields; flags override it.")] = None,
     resume: Annotated[bool, Opt(help="Continue the run in --out from its last checkpoint (its saved config, plus any flags given).")] = False,
+    init: Annotated[Path | None, Opt(help="Start a new training stage from this checkpoint's weights and model config (fresh optimizer and lr schedule).", show_default=False)] = None,
     source: Annotated[list[str] | None, Opt(help="Data trained on, demos and test outputs (repeatable): a split, folder or task file. Default: arc1-train.")] = None,
     demo_source: Annotated[list[str] | None, Opt(help="Data of which only the demos are used (repeatable), e.g. arc1-eval.")] = None,
     size: Annotated[str | None, Opt(help="Model preset: tiny, small or base.")] = None,
@@ -77,7 +80,11 @@ def train_command(
         torch.set_num_threads(threads)
     paths = RunPaths(out_dir)
     base: dict[str, Any] = {}
-    if resume:
+    start = None
+    if init is not None:  # with --resume too: prepare() refuses the pair
+        start = load_checkpoint(init)
+        base = {"model": start.meta.model.model_dump()}
+    elif resume:
         base = load_checkpoint(paths.checkpoint).meta.train_config
     if config is not None:
         base |= _read_config(config)
@@ -106,7 +113,8 @@ def train_command(
         dist.init_process_group("nccl" if dev.type == "cuda" else "gloo")
     rank0 = not distributed or dist.get_rank() == 0
     try:
-        _run(prepare(cfg, paths.root, resume, dev), dev, show=rank0)
+        command = shlex.join(["onn-arc", *sys.argv[1:]])
+        _run(prepare(cfg, paths.root, resume, dev, init=start, command=command), dev, show=rank0)
         if distributed:
             dist.barrier()  # leave together: a rank that tears gloo down while rank 0 still saves aborts the run
     finally:
@@ -122,6 +130,8 @@ def _run(run: Run, device: torch.device, show: bool) -> None:
             f"training {m.arch} d={m.d_model} layers={m.n_layers} ctx={m.max_len} with {cfg.optimizer.name} "
             f"on {', '.join(cfg.sources)}{' + demos of ' + ', '.join(cfg.demo_sources) if cfg.demo_sources else ''} "
             f"→ {paths.root}  ({device}, {resolve_precision(cfg.precision, device)})"
+            + (f"; stage {len(run.earlier) + 1}, from weights {run.init_sha256[:12]}" if run.init_sha256 else ""),
+            soft_wrap=True,
         )
     columns = (
         TextColumn("[bold]train"), BarColumn(bar_width=20), MofNCompleteColumn(), TimeElapsedColumn(), TextColumn("eta"),
