@@ -30,19 +30,29 @@ class ModelConfig(BaseModel):
     ffn_mult: int = Field(gt=0)  # MoIE hidden width = ffn_mult * d_model
     max_len: int = Field(gt=0)  # context length in tokens (and KV-cache capacity)
     vocab_size: int = Field(default=tokens.VOCAB_SIZE, ge=tokens.VOCAB_SIZE)  # token ids 0..vocab_size-1
+    format: tokens.Format = "context"  # demos in context, or one sequence per pair with a learned task code (§3b)
+    task_ids: tuple[str, ...] = ()  # pairs: the task of each row of the task-code table (its size is their number)
 
     @model_validator(mode="after")
     def _head_dim(self) -> "ModelConfig":
-        # rotary positions split each head's pairs of dims: half over sequence, a quarter each over row and column
+        # rotary positions split each head's pairs of dims over the sequence (or plane), row and column
         if self.d_model % self.n_heads or (self.d_model // self.n_heads) % 8:
             raise ValueError(
                 f"d_model={self.d_model} / n_heads={self.n_heads} must give a head dim that is a multiple of 8"
             )
+        if self.task_ids and self.format != "pairs":
+            raise ValueError(f"task_ids: task codes are for format='pairs', not '{self.format}'")
+        if len(set(self.task_ids)) != len(self.task_ids):
+            raise ValueError("task_ids: a task id appears twice")
         return self
 
     @property
     def head_dim(self) -> int:
         return self.d_model // self.n_heads
+
+    @property
+    def n_task_codes(self) -> int:
+        return len(self.task_ids)
 
     @classmethod
     def preset(cls, name: str, **overrides: object) -> "ModelConfig":

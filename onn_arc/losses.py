@@ -157,7 +157,7 @@ def forward_backward(
     index = sample_tokens(valid, cfg.gate_tokens) if recording else valid.new_zeros(0, dtype=torch.long)
     recorder = SurpriseRecorder(layers if recording else [], index)
     with capture, recorder:
-        logits = model(batch.tokens, batch.rows, batch.cols, batch.pos)  # (B, T, V)
+        logits = model(batch.tokens, batch.rows, batch.cols, batch.pos, task=batch.task)  # (B, T, V)
     main, accuracy = main_loss(logits, batch.tokens, batch.targets)
     recorder.collecting = True
     main.backward(retain_graph=curvature is not None)
