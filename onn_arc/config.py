@@ -121,6 +121,7 @@ class TrainConfig(BaseModel):
     augment: AugmentConfig = AugmentConfig()
     sources: list[str] = ["arc1-train"]  # data sources trained on, demos and test outputs
     demo_sources: list[str] = []  # sources of which only demos are used (leave-one-out pseudo-tasks)
+    input_loss: bool = False  # pairs format: the loss on input grids too, and demo-only sources' test inputs
     batch_tokens: int = Field(default=8192, gt=0)  # padded tokens per step (per rank)
     steps: int = Field(default=2000, gt=0)  # step budget; the lr schedule ends here
     seconds: float | None = Field(default=None, gt=0)  # optional wall-clock budget; the schedule follows it too
@@ -130,6 +131,12 @@ class TrainConfig(BaseModel):
     seed: int = 0  # seeds the model init, data order, augmentations and sampling
     checkpoint_every: int = Field(default=100, gt=0)  # steps between checkpoints
     max_bad_steps: int = Field(default=5, gt=0)  # consecutive non-finite steps before the run stops
+
+    @model_validator(mode="after")
+    def _input_loss_needs_pairs(self) -> "TrainConfig":
+        if self.input_loss and self.model.format != "pairs":
+            raise ValueError(f"input_loss: the loss on inputs is for format='pairs', the model is '{self.model.format}'")
+        return self
 
 
 class SolveConfig(BaseModel):

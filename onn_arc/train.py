@@ -1,8 +1,17 @@
 """Teacher-forced training on ARC tasks (the library side of `onn-arc train`).
 
-Every step draws tasks, applies one random whole-task augmentation to each,
+Every step draws pool entries, applies one random whole-task augmentation to each,
 encodes them (DESIGN §3) and packs them into a batch of at most `batch_tokens`
 padded tokens, then takes one optimizer step on the DESIGN §5 losses.
+
+The pool's entries depend on the model's format; batching does not (each entry has
+`task`, `length` and `encode(aug, max_len)`):
+- context: an `Example` is a task with one of its test pairs last (demo-only
+  sources: leave-one-out pseudo-tasks of their demos);
+- pairs (DESIGN §3b): a `PairExample` is one pair with its task's code index.
+  Sources give their demos and test pairs; demo-only sources (and sources without
+  test outputs) their demos, and, with `input_loss`, their test inputs alone with
+  the loss on input cells. A demo-only source's test output never enters the pool.
 
 Determinism and resumption: the data of step s on rank r comes from a generator
 seeded with (seed, s, r), and so does the torch RNG, so the step number is the
@@ -37,7 +46,7 @@ from onn_arc.errors import ConfigError, TaskError, TrainingError
 from onn_arc.losses import forward_backward
 from onn_arc.model import TinyONN
 from onn_arc.optim import GaussNewton
-from onn_arc.tokens import Batch, collate, encode_task
+from onn_arc.tokens import Batch, Format, Sequence, collate, encode_pair, encode_task, grid_room
 
 EVAL_SPLITS = ("arc1-eval", "arc2-eval")
 
@@ -47,10 +56,62 @@ EVAL_SPLITS = ("arc1-eval", "arc2-eval")
 
 @dataclass(frozen=True)
 class Example:
-    """One training sequence before augmentation: a task and which test pair goes last."""
+    """Context format: one training sequence before augmentation, a task and which test pair goes last."""
 
     task: Task
     test_index: int
+
+    @property
+    def length(self) -> int:
+        """Tokens of the whole task in any orientation: an upper bound (`encode` drops demos to fit a context)."""
+        pairs = (*self.task.train, self.task.test[self.test_index])
+        return 2 + sum(2 + grid_room(p.input) + grid_room(p.output) for p in pairs)  # BOS, [IN in OUT out]..., EOS
+
+    def encode(self, aug: Augmentation, max_len: int) -> Sequence:
+        """The augmented task; TaskError when its test pair alone exceeds `max_len`."""
+        return encode_task(aug.apply(self.task), test_index=self.test_index, max_len=max_len)
+
+
+@dataclass(frozen=True)
+class PairExample:
+    """Pair format: one pair of `task` with the task's code index; a pair without output is a test input trained on
+    with the input loss only."""
+
+    task: Task
+    pair: Pair
+    code: int  # the task's row in the model's task-code table
+    input_loss: bool  # the loss is on the input grid too (always, for a test input without its output)
+
+    @property
+    def length(self) -> int:
+        """Tokens of the pair in any orientation."""
+        answer = 0 if self.pair.output is None else grid_room(self.pair.output) + 1  # output grid, EOS
+        return 3 + grid_room(self.pair.input) + answer  # BOS IN input OUT ...
+
+    def encode(self, aug: Augmentation, max_len: int) -> Sequence:
+        """The augmented pair (demo order means nothing here); TaskError when it exceeds `max_len`."""
+        answer = self.pair.output is not None
+        return encode_pair(aug.apply_pair(self.pair), self.code, answer, self.input_loss, max_len)
+
+
+Entry = Example | PairExample  # a pool entry: `task`, `length`, `encode(aug, max_len)`
+
+
+def pair_examples(task: Task, code: int, test_outputs: bool, input_loss: bool) -> list[PairExample]:
+    """A task's pair-format entries: every demo; its test pairs when `test_outputs`, else, with `input_loss`, its
+    test inputs stripped of their outputs."""
+    demos = [PairExample(task, p, code, input_loss) for p in task.train]
+    if test_outputs:
+        return demos + [PairExample(task, p, code, input_loss) for p in task.test]
+    if input_loss:
+        return demos + [PairExample(task, Pair(input=p.input), code, True) for p in task.test]
+    return demos
+
+
+def pool_task_ids(pool: list[Entry]) -> tuple[str, ...]:
+    """The task id of each code index the pool's pair entries use, in index order (the model's `task_ids`)."""
+    ids = {ex.code: ex.task.id for ex in pool if isinstance(ex, PairExample)}
+    return tuple(ids[i] for i in range(len(ids)))
 
 
 def leave_one_out(task: Task) -> list[Task]:
@@ -66,29 +127,40 @@ def leave_one_out(task: Task) -> list[Task]:
     ]
 
 
-def build_pool(sources: list[str], demo_sources: list[str]) -> tuple[list[Example], TrainingData]:
-    """Examples from `sources` (demos and test outputs) and `demo_sources` (demos only), and their provenance."""
+def build_pool(
+    sources: list[str], demo_sources: list[str], fmt: Format = "context", input_loss: bool = False
+) -> tuple[list[Entry], TrainingData]:
+    """Entries in format `fmt` from `sources` (demos and test outputs) and `demo_sources` (demos only; their test
+    inputs too in the pair format with `input_loss`), and their provenance. In the pair format each task gets a
+    code index, in order of first appearance (`pool_task_ids`)."""
     for name in sources:
         if name in EVAL_SPLITS:
             raise ConfigError(
                 f"refusing to train on the test outputs of evaluation split '{name}'; "
                 f"use it as a demo source (--demo-source {name}) to train on its demos only"
             )
-    pool: list[Example] = []
+    codes: dict[str, int] = {}
+
+    def entries(task: Task, test_outputs: bool) -> list[Entry]:
+        if fmt == "pairs":
+            return pair_examples(task, codes.setdefault(task.id, len(codes)), test_outputs, input_loss)
+        if test_outputs:
+            return [Example(task, i) for i in range(len(task.test))]
+        return [Example(t, 0) for t in leave_one_out(task)]
+
+    pool: list[Entry] = []
     seen_ids: list[str] = []
     n_tasks = 0
     for name in sources:
         for task in load_source(name):
             n_tasks += 1
+            pool += entries(task, task.has_test_outputs)
             if task.has_test_outputs:
-                pool += [Example(task, i) for i in range(len(task.test))]
                 seen_ids.append(task.id)
-            else:
-                pool += [Example(t, 0) for t in leave_one_out(task)]
     for name in demo_sources:
         for task in load_source(name):
             n_tasks += 1
-            pool += [Example(t, 0) for t in leave_one_out(task)]
+            pool += entries(task, False)
     if not pool:
         raise ConfigError(f"no training examples in sources {sources + demo_sources}")
     data = TrainingData(
@@ -102,7 +174,7 @@ def build_pool(sources: list[str], demo_sources: list[str]) -> tuple[list[Exampl
 
 
 def sample_batch(
-    pool: list[Example], rng: np.random.Generator, batch_tokens: int, max_len: int, augment: AugmentConfig
+    pool: list[Entry], rng: np.random.Generator, batch_tokens: int, max_len: int, augment: AugmentConfig
 ) -> Batch:
     """Draw augmented examples until one more would push the padded batch past `batch_tokens`."""
     seqs = []
@@ -118,8 +190,8 @@ def sample_batch(
             shuffle=augment.shuffle,
         )
         try:
-            seq = encode_task(aug.apply(ex.task), test_index=ex.test_index, max_len=max_len)
-        except TaskError:  # its test pair alone exceeds the context
+            seq = ex.encode(aug, max_len)
+        except TaskError:  # its test pair (or pair) alone exceeds the context
             continue
         new_longest = max(longest, len(seq))
         if seqs and new_longest * (len(seqs) + 1) > batch_tokens:
@@ -270,7 +342,7 @@ class Run:
     paths: RunPaths
     model: TinyONN
     opt: torch.optim.Optimizer
-    pool: list[Example]
+    pool: list[Entry]
     data: TrainingData
     step: int = 0
     elapsed: float = 0.0
@@ -342,9 +414,12 @@ def prepare(cfg: TrainConfig, out: Path, resume: bool = False, device: torch.dev
     paths = RunPaths(Path(out))
     if not resume and paths.checkpoint.exists():
         raise ConfigError(f"{paths.root}: already holds a run; pass --resume to continue it or choose another --out")
-    pool, data = build_pool(cfg.sources, cfg.demo_sources)
+    pool, data = build_pool(cfg.sources, cfg.demo_sources, cfg.model.format, cfg.input_loss)
+    model_cfg = cfg.model
+    if model_cfg.format == "pairs":
+        model_cfg = model_cfg.model_copy(update={"task_ids": pool_task_ids(pool)})
     torch.manual_seed(cfg.seed)
-    model = TinyONN(cfg.model).to(device)
+    model = TinyONN(model_cfg).to(device)
     opt = make_optimizer(model, cfg.optimizer)
     run = Run(cfg, paths, model, opt, pool, data)
     if resume:
