@@ -21,7 +21,7 @@ from onn_arc.errors import ConfigError, TaskError
 from onn_arc.model import TinyONN
 from onn_arc.optim import gauss_newton
 from onn_arc.scoring import load_submission
-from onn_arc.train import Example, make_optimizer, sample_batch, train_step
+from onn_arc.train import Example, make_optimizer, pair_examples, sample_batch, train_step
 
 DATA = Path(__file__).resolve().parents[1] / "data"
 TRUTH = ((1, 2, 0), (3, 4, 0))  # no symmetry: every view moves it
@@ -233,6 +233,24 @@ def test_a_model_trained_on_copy_tasks_solves_a_new_one(arch, steps):
     assert answer.attempts[0] == task.test[0].output
     assert answer.candidates[0].votes >= 2
     assert answer.confidence.shape == (2, 2) and answer.confidence.min() > 0.5
+
+
+@pytest.mark.slow
+def test_a_pair_model_trained_on_copy_tasks_solves_a_new_one_with_a_fresh_code():
+    rng = np.random.default_rng(0)
+    tasks = [copy_task(rng, f"copy{i}") for i in range(64)]
+    pool = [ex for i, t in enumerate(tasks) for ex in pair_examples(t, i, test_outputs=True, input_loss=False)]
+    cfg = ModelConfig.preset("tiny", d_model=32, n_layers=2, arch="dense", format="pairs", task_ids=tuple(t.id for t in tasks))
+    model = TinyONN(cfg)
+    optimizer = OptimizerConfig(name="adamw", lr=3e-3, weight_decay=0.0)
+    train_cfg = TrainConfig(model=cfg, optimizer=optimizer, loss=LossConfig(gate_weight=0, kl_weight=0))
+    opt = make_optimizer(model, optimizer)
+    for _ in range(250):
+        train_step(model, opt, sample_batch(pool, rng, 512, 512, AugmentConfig()), train_cfg, torch.Generator())
+    task = copy_task(np.random.default_rng(99), "new")
+    solve_cfg = SolveConfig(ttt_steps=3, ttt_batch_tokens=256, views=3, optimizer=OptimizerConfig(name="adamw", lr=1e-3))
+    (answer,) = solve.solve_task(model.eval(), task, solve_cfg).tests
+    assert answer.attempts[0] == task.test[0].output and answer.candidates[0].votes >= 2
 
 
 # ---------------------------------------------------------------- `onn-arc solve`
