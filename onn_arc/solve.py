@@ -101,7 +101,7 @@ def check_fits(task: Task, max_len: int) -> None:
     """TaskError when a test input, with room for its output, cannot fit the context."""
     room = output_room(task)
     for i, pair in enumerate(task.test):
-        need = 3 + grid_room(pair.input) + room  # BOS IN input OUT, then the output (either format)
+        need = 3 + grid_room(pair.input) + room  # BOS IN input OUT, then the output
         if need > max_len:
             h, w = len(pair.input), len(pair.input[0])
             raise TaskError(

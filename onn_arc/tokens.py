@@ -68,8 +68,22 @@ def grid_length(grid: Grid) -> int:
 
 
 def grid_room(grid: Grid) -> int:
-    """Tokens a grid takes in any orientation (a transposed grid has one row end per column)."""
+    """Tokens a grid takes in its longest orientation (a transposed grid has one row end per column)."""
     return len(grid) * len(grid[0]) + max(len(grid), len(grid[0]))
+
+
+def task_room(task: Task, test_index: int = 0) -> int:
+    """Tokens `encode_task(task, test_index)` takes with every demo, in the task's longest orientation."""
+    test = task.test[test_index]
+    demos = sum(2 + grid_room(p.input) + grid_room(p.output) for p in task.train)  # IN input OUT output
+    answer = 0 if test.output is None else grid_room(test.output) + 1  # output EOS
+    return 1 + demos + 2 + grid_room(test.input) + answer  # BOS, demos, IN test input OUT, answer
+
+
+def pair_room(pair: Pair) -> int:
+    """Tokens `encode_pair(pair)` takes (without an output: `answer=False`), in the pair's longest orientation."""
+    answer = 0 if pair.output is None else grid_room(pair.output) + 1  # output EOS
+    return 3 + grid_room(pair.input) + answer  # BOS IN input OUT, answer
 
 
 def _grid_parts(grid: Grid, role: int, plane: int = 0) -> tuple[np.ndarray, ...]:

@@ -24,6 +24,7 @@ and Gauss-Newton statistics are averaged with all-reduce before the update, and
 only rank 0 writes checkpoints and metrics.
 """
 
+import functools
 import json
 import math
 import os
@@ -46,7 +47,7 @@ from onn_arc.errors import ConfigError, TaskError, TrainingError
 from onn_arc.losses import forward_backward
 from onn_arc.model import TinyONN
 from onn_arc.optim import GaussNewton
-from onn_arc.tokens import Batch, Format, Sequence, collate, encode_pair, encode_task, grid_room
+from onn_arc.tokens import Batch, Format, Sequence, collate, encode_pair, encode_task, pair_room, task_room
 
 EVAL_SPLITS = ("arc1-eval", "arc2-eval")
 
@@ -61,14 +62,13 @@ class Example:
     task: Task
     test_index: int
 
-    @property
+    @functools.cached_property
     def length(self) -> int:
-        """Tokens of the whole task in any orientation: an upper bound (`encode` drops demos to fit a context)."""
-        pairs = (*self.task.train, self.task.test[self.test_index])
-        return 2 + sum(2 + grid_room(p.input) + grid_room(p.output) for p in pairs)  # BOS, [IN in OUT out]..., EOS
+        """Its tokens with every demo, in its longest orientation: what the batcher buckets by."""
+        return task_room(self.task, self.test_index)
 
     def encode(self, aug: Augmentation, max_len: int) -> Sequence:
-        """The augmented task; TaskError when its test pair alone exceeds `max_len`."""
+        """The augmented sequence; TaskError when its test pair alone exceeds `max_len`."""
         return encode_task(aug.apply(self.task), test_index=self.test_index, max_len=max_len)
 
 
@@ -82,11 +82,10 @@ class PairExample:
     code: int  # the task's row in the model's task-code table
     input_loss: bool  # the loss is on the input grid too (always, for a test input without its output)
 
-    @property
+    @functools.cached_property
     def length(self) -> int:
-        """Tokens of the pair in any orientation."""
-        answer = 0 if self.pair.output is None else grid_room(self.pair.output) + 1  # output grid, EOS
-        return 3 + grid_room(self.pair.input) + answer  # BOS IN input OUT ...
+        """Its tokens in its longest orientation: what the batcher buckets by."""
+        return pair_room(self.pair)
 
     def encode(self, aug: Augmentation, max_len: int) -> Sequence:
         """The augmented pair (demo order means nothing here); TaskError when it exceeds `max_len`."""
