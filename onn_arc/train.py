@@ -190,7 +190,7 @@ def sample_batch(
         )
         try:
             seq = ex.encode(aug, max_len)
-        except TaskError:  # its test pair (or pair) alone exceeds the context
+        except TaskError:  # its test pair alone exceeds the context
             continue
         new_longest = max(longest, len(seq))
         if seqs and new_longest * (len(seqs) + 1) > batch_tokens:
