@@ -93,13 +93,14 @@ class Augmentation:
         """Every grid mapped, train pairs reordered, test pairs kept in order."""
         if len(self.order) != len(task.train):
             raise ValueError(f"augmentation orders {len(self.order)} train pairs, task {task.id} has {len(task.train)}")
-        train = tuple(self._apply_pair(task.train[i]) for i in self.order)
-        return task.model_copy(update={"train": train, "test": tuple(self._apply_pair(p) for p in task.test)})
+        train = tuple(self.apply_pair(task.train[i]) for i in self.order)
+        return task.model_copy(update={"train": train, "test": tuple(self.apply_pair(p) for p in task.test)})
 
     def invert(self, task: Task) -> Task:
         return self.inverse().apply(task)
 
-    def _apply_pair(self, pair: Pair) -> Pair:
+    def apply_pair(self, pair: Pair) -> Pair:
+        """Both grids of a pair mapped (a missing output stays missing)."""
         output = None if pair.output is None else self.apply_grid(pair.output)
         return Pair(input=self.apply_grid(pair.input), output=output)
 

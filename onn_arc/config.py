@@ -31,19 +31,29 @@ class ModelConfig(BaseModel):
     ffn_mult: int = Field(gt=0)  # MoIE hidden width = ffn_mult * d_model
     max_len: int = Field(gt=0)  # context length in tokens (and KV-cache capacity)
     vocab_size: int = Field(default=tokens.VOCAB_SIZE, ge=tokens.VOCAB_SIZE)  # token ids 0..vocab_size-1
+    format: tokens.Format = "context"  # demos in context, or one sequence per pair with a learned task code (§3b)
+    task_ids: tuple[str, ...] = ()  # pairs: the task of each row of the task-code table (its size is their number)
 
     @model_validator(mode="after")
     def _head_dim(self) -> "ModelConfig":
-        # rotary positions split each head's pairs of dims: half over sequence, a quarter each over row and column
+        # rotary positions split each head's pairs of dims over the sequence (or plane), row and column
         if self.d_model % self.n_heads or (self.d_model // self.n_heads) % 8:
             raise ValueError(
                 f"d_model={self.d_model} / n_heads={self.n_heads} must give a head dim that is a multiple of 8"
             )
+        if self.task_ids and self.format != "pairs":
+            raise ValueError(f"task_ids: task codes are for format='pairs', not '{self.format}'")
+        if len(set(self.task_ids)) != len(self.task_ids):
+            raise ValueError("task_ids: a task id appears twice")
         return self
 
     @property
     def head_dim(self) -> int:
         return self.d_model // self.n_heads
+
+    @property
+    def n_task_codes(self) -> int:
+        return len(self.task_ids)
 
     @classmethod
     def preset(cls, name: str, **overrides: object) -> "ModelConfig":
@@ -112,6 +122,7 @@ class TrainConfig(BaseModel):
     augment: AugmentConfig = AugmentConfig()
     sources: list[str] = ["arc1-train"]  # data sources trained on, demos and test outputs
     demo_sources: list[str] = []  # sources of which only demos are used (leave-one-out pseudo-tasks)
+    input_loss: bool = False  # pairs format: the loss on input grids too, and demo-only sources' test inputs
     batch_tokens: int = Field(default=8192, gt=0)  # padded tokens per step (per rank)
     precision: Precision = "auto"  # bf16 autocast where the hardware runs it fast, else fp32 (precision.py)
     steps: int = Field(default=2000, gt=0)  # step budget; the lr schedule ends here
@@ -122,6 +133,12 @@ class TrainConfig(BaseModel):
     seed: int = 0  # seeds the model init, data order, augmentations and sampling
     checkpoint_every: int = Field(default=100, gt=0)  # steps between checkpoints
     max_bad_steps: int = Field(default=5, gt=0)  # consecutive non-finite steps before the run stops
+
+    @model_validator(mode="after")
+    def _input_loss_needs_pairs(self) -> "TrainConfig":
+        if self.input_loss and self.model.format != "pairs":
+            raise ValueError(f"input_loss: the loss on inputs is for format='pairs', the model is '{self.model.format}'")
+        return self
 
 
 class SolveConfig(BaseModel):
@@ -135,6 +152,8 @@ class SolveConfig(BaseModel):
     ttt_steps: int = Field(default=32, ge=0)  # test-time training steps on the task's own demos (0 turns it off)
     ttt_seconds: float | None = Field(default=None, gt=0)  # optional wall-clock bound on test-time training
     ttt_batch_tokens: int = Field(default=4096, gt=0)  # padded tokens per test-time training step
+    ttt_params: Literal["all", "code"] = "all"  # pairs: test-time training updates every weight, or the task code alone
+    task_code_init: Literal["mean", "zero"] = "mean"  # pairs: a new task's code starts at the trained codes' mean, or 0
     optimizer: OptimizerConfig = OptimizerConfig(
         lr=1e-3, start_step=2, curvature_every=4, precondition_every=8
     )  # test-time training optimizer (GN preconditions from its 2nd step)

@@ -1,10 +1,12 @@
 """Decoding an output grid from a prompt over the model's KV cache (DESIGN §7).
 
-The prompt is a task encoded up to the test pair's OUT marker (`tokens.encode_task(..., answer=False)`). The model
-then writes the grid one token at a time: colours, a ROW after each row, and any other token ends the grid. Which
-token ends it does not matter, so "end" is one choice whose log-probability sums every such token's (logsumexp);
-a candidate records it as EOS. Generated tokens continue the prompt's positions, their (row, column) come from
-`tokens.next_coordinate`, exactly as `encode_task` lays out a known output.
+The prompt is a task (context format) or a test input (pair format) encoded up to the OUT marker
+(`tokens.encode_task(..., answer=False)`, `tokens.encode_pair(..., answer=False)`, which carries its task-code index).
+The model then writes the grid one token at a time: colours, a ROW after each row, and any other token ends the grid.
+Which token ends it does not matter, so "end" is one choice whose log-probability sums every such token's
+(logsumexp); a candidate records it as EOS. Generated tokens get their (row, column, third coordinate) from
+`tokens.next_position`, exactly as the model's format lays out a known output: the next sequence index (context) or
+the output plane (pairs).
 
 Only tokens that keep the prefix a possible grid are chosen (no row longer than 30 cells or than the first row,
 no row end on an empty or short row, no 31st row, no end in the middle of a row), so every finished sequence is a
@@ -28,7 +30,7 @@ from torch import Tensor
 
 from onn_arc.data import Grid
 from onn_arc.model import KVCache, TinyONN
-from onn_arc.tokens import EOS, MAX_COORD, N_COLOURS, ROW, Sequence, decode_grid, next_coordinate
+from onn_arc.tokens import EOS, MAX_COORD, N_COLOURS, ROW, Sequence, decode_grid, next_position
 
 END = EOS  # the token a candidate records for "the grid ends here"
 CHOICES = (*range(N_COLOURS), ROW, END)  # what the decoder can write next, in the order of `_choice_logprobs`
@@ -96,12 +98,13 @@ class _Decoder:
             raise ValueError(f"a prompt of {self.start} tokens fills the context max_len={model.cfg.max_len}")
         self.cache: KVCache = model.new_cache()
         self.layers = [layer for _, layer in model.routed_layers()]
-        arrays = (prompt.tokens, prompt.rows, prompt.cols, np.arange(self.start))
+        self.task = torch.tensor([prompt.task], device=self.device)  # (1,)
+        arrays = (prompt.tokens, prompt.rows, prompt.cols, prompt.pos)
         self.first = self._forward(*(torch.as_tensor(a, device=self.device)[None] for a in arrays))  # (1, P) each
 
     def _forward(self, tokens: Tensor, rows: Tensor, cols: Tensor, pos: Tensor) -> tuple[list[float], float]:
         """Feed new tokens; (log-probabilities of CHOICES after the last one, its activation rate)."""
-        logits = self.model(tokens, rows, cols, pos, cache=self.cache)  # (1, T, V)
+        logits = self.model(tokens, rows, cols, pos, cache=self.cache, task=self.task)  # (1, T, V)
         rate = torch.stack([layer.last_rate[0, -1] for layer in self.layers]).mean().item() if self.layers else 1.0
         return _choice_logprobs(logits[0, -1]).tolist(), rate
 
@@ -109,8 +112,7 @@ class _Decoder:
         """Choices after `node`: the cache is cropped to its parent's branch, then its token is fed."""
         generated = node.tokens()
         self.cache.crop(self.start + len(generated) - 1)
-        row, col = next_coordinate(generated[:-1])
-        new = (node.token, row, col, self.start + len(generated) - 1)
+        new = (node.token, *next_position(self.model.cfg.format, self.start, generated[:-1]))
         return self._forward(*(torch.tensor([[v]], device=self.device) for v in new))  # (1, 1) each
 
 

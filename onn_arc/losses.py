@@ -160,7 +160,7 @@ def forward_backward(
     index = sample_tokens(valid, cfg.gate_tokens) if recording else valid.new_zeros(0, dtype=torch.long)
     recorder = SurpriseRecorder(layers if recording else [], index)
     with capture, recorder, autocast(precision, batch.tokens.device):
-        logits = model(batch.tokens, batch.rows, batch.cols, batch.pos).float()  # (B, T, V)
+        logits = model(batch.tokens, batch.rows, batch.cols, batch.pos, task=batch.task).float()  # (B, T, V)
     main, accuracy = main_loss(logits, batch.tokens, batch.targets)
     recorder.collecting = True
     main.backward(retain_graph=curvature is not None)

@@ -17,14 +17,21 @@ Read bottom-up: SBL -> Linear -> Attention (DynSIHA) -> FFN (MoIE) -> Block -> T
 - DynSIHA attention: one SBL emits Q, K and V; one full-width head by default (`n_heads` is a variant); an SBL is the
   output projection. MoIE feed-forward: SBL -> GELU -> SBL. Blocks are pre-norm residual (RMSNorm).
 - Positions are role-free: token + learned row + learned column embeddings at the input, and rotary embeddings whose
-  pairs of head dims are split: half turn with the sequence position, a quarter with the row, a quarter with the
-  column, so attention sees relative offsets both along the sequence and inside the 2-D grids.
+  pairs of head dims are split among three axes, so attention sees relative offsets along each:
+    format="context": the sequence index (half the pairs, base 10000), row and column (a quarter each, base 100);
+    format="pairs":   the plane (a quarter, base 10: planes are 0..5), row and column (the rest, split evenly,
+                      base 100: coordinates go to 30). No sequence index: within a pair, (row, column, plane) place
+                      every token, and output cell (r, c) sits one plane offset from input cell (r, c).
+- format="pairs" conditions on the task: a learned code per task (`task_codes`, one row per `cfg.task_ids`) is added
+  to every token of the sequence, looked up by the sequence's task index. `add_task_code` grows the table for a task
+  the model never saw (test-time training learns its code).
 - arch="dense" is the baseline: every SBL becomes a plain Linear, everything else stays.
 - KVCache is preallocated per layer; crop(n) backtracks. Cached decoding computes exactly what the full forward
   computes (same positions, same maths), one token at a time or in chunks.
 """
 
 import math
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
@@ -145,21 +152,30 @@ class KVCache:
         self.length = n
 
 
-class Rotary(nn.Module):
-    """Rotary angles from (sequence position, row, column): half of a head's dim pairs turn with the position
-    (base 10000), a quarter each with the row and the column (base 100: coordinates only go to 30)."""
+def _freqs(n: int, base: float) -> Tensor:
+    """(n,) rotary frequencies base^(-i/n): from one radian per step down to nearly 1/base."""
+    return base ** (-torch.arange(n) / n)
 
-    def __init__(self, head_dim: int):
+
+class Rotary(nn.Module):
+    """Rotary angles from (third coordinate, row, column), with the head's dim pairs split among the three axes as
+    the module docstring says: the third coordinate is the sequence index (context) or the plane (pairs)."""
+
+    def __init__(self, head_dim: int, fmt: str):
         super().__init__()
         pairs = head_dim // 2
-        n_seq, n_grid = pairs // 2, pairs // 4
-        self.register_buffer("seq_freqs", 10000.0 ** (-torch.arange(n_seq) / n_seq), persistent=False)
-        self.register_buffer("grid_freqs", 100.0 ** (-torch.arange(n_grid) / n_grid), persistent=False)
+        if fmt == "context":
+            (n_third, third_base), n_row, n_col = (pairs // 2, 10000.0), pairs // 4, pairs // 4
+        else:
+            (n_third, third_base), n_row = (pairs // 4, 10.0), (pairs - pairs // 4 + 1) // 2
+            n_col = pairs - n_third - n_row
+        self.register_buffer("third_freqs", _freqs(n_third, third_base), persistent=False)
+        self.register_buffer("row_freqs", _freqs(n_row, 100.0), persistent=False)
+        self.register_buffer("col_freqs", _freqs(n_col, 100.0), persistent=False)
 
-    def forward(self, pos: Tensor, rows: Tensor, cols: Tensor) -> tuple[Tensor, Tensor]:
-        angles = torch.cat(
-            [pos[..., None] * self.seq_freqs, rows[..., None] * self.grid_freqs, cols[..., None] * self.grid_freqs], -1
-        )  # (B, T, hd / 2)
+    def forward(self, third: Tensor, rows: Tensor, cols: Tensor) -> tuple[Tensor, Tensor]:
+        axes = ((third, self.third_freqs), (rows, self.row_freqs), (cols, self.col_freqs))
+        angles = torch.cat([coord[..., None] * freqs for coord, freqs in axes], -1)  # (B, T, hd / 2)
         return angles.cos()[:, :, None], angles.sin()[:, :, None]  # (B, T, 1, hd / 2) each: broadcast over heads
 
 
@@ -220,7 +236,8 @@ class Block(nn.Module):
 
 
 class TinyONN(nn.Module):
-    """Token + grid-coordinate embeddings, `n_layers` blocks, a final norm and a linear head over the vocabulary."""
+    """Token + grid-coordinate (+ task-code) embeddings, `n_layers` blocks, a final norm and a linear head over the
+    vocabulary."""
 
     def __init__(self, cfg: ModelConfig):
         super().__init__()
@@ -229,9 +246,13 @@ class TinyONN(nn.Module):
         self.tok_emb = nn.Embedding(cfg.vocab_size, d)
         self.row_emb = nn.Embedding(MAX_COORD + 1, d)
         self.col_emb = nn.Embedding(MAX_COORD + 1, d)
-        for emb in (self.tok_emb, self.row_emb, self.col_emb):
-            nn.init.normal_(emb.weight, std=3**-0.5)  # their sum starts with unit variance
-        self.rotary = Rotary(cfg.head_dim)
+        embeddings = [self.tok_emb, self.row_emb, self.col_emb]
+        if cfg.format == "pairs":
+            self.task_codes = nn.Embedding(cfg.n_task_codes, d)
+            embeddings.append(self.task_codes)
+        for emb in embeddings:
+            nn.init.normal_(emb.weight, std=len(embeddings) ** -0.5)  # their sum starts with unit variance
+        self.rotary = Rotary(cfg.head_dim, cfg.format)
         self.blocks = nn.ModuleList(Block(cfg, i) for i in range(cfg.n_layers))
         self.norm = nn.RMSNorm(d)
         self.head = nn.Linear(d, cfg.vocab_size, bias=False)
@@ -239,19 +260,41 @@ class TinyONN(nn.Module):
     def new_cache(self) -> KVCache:
         return KVCache(self.cfg.n_layers, self.cfg.max_len)
 
-    def forward(self, tokens: Tensor, rows: Tensor, cols: Tensor, pos: Tensor, cache: KVCache | None = None) -> Tensor:
-        """Logits (B, T, V) for inputs (B, T); with a cache, the new tokens attend to the cached ones and join them."""
+    def forward(
+        self, tokens: Tensor, rows: Tensor, cols: Tensor, pos: Tensor, cache: KVCache | None = None,
+        task: Tensor | None = None,
+    ) -> Tensor:  # fmt: skip
+        """Logits (B, T, V) for inputs (B, T); `pos` is the third coordinate (sequence index or plane, `tokens.py`)
+        and `task` (B,) the task-code index of each sequence (pairs format; ignored in the context format). With a
+        cache, the new tokens attend to the cached ones and join them."""
         t = tokens.shape[1]
         past = 0 if cache is None else cache.length
         if past + t > self.cfg.max_len:
             raise ValueError(f"{past} cached + {t} new tokens exceed the context max_len={self.cfg.max_len}")
         x = self.tok_emb(tokens) + self.row_emb(rows) + self.col_emb(cols)  # (B, T, D)
+        if self.cfg.format == "pairs":
+            if task is None:
+                raise ValueError("the pair format needs each sequence's task-code index (task=)")
+            x = x + self.task_codes(task)[:, None]  # (B, 1, D) broadcast over the sequence
         rope = self.rotary(pos, rows, cols)
         for block in self.blocks:
             x = block(x, rope, cache)
         if cache is not None:
             cache.advance(t)
         return self.head(self.norm(x))  # (B, T, V)
+
+    def add_task_code(self, task_id: str, init: Literal["mean", "zero"] = "mean") -> int:
+        """Append a code for a task the model never saw, initialised to the mean of the trained codes (zero when
+        there are none) or to zero; returns its index. Build the optimizer afterwards: the table is a new tensor."""
+        if self.cfg.format != "pairs":
+            raise ValueError(f"task codes are for format='pairs', this model is '{self.cfg.format}'")
+        if task_id in self.cfg.task_ids:
+            raise ValueError(f"task '{task_id}' already has code {self.cfg.task_ids.index(task_id)}")
+        old = self.task_codes.weight.detach()  # (N, D)
+        new = old.mean(0, keepdim=True) if init == "mean" and len(old) else old.new_zeros(1, old.shape[1])  # (1, D)
+        self.task_codes = nn.Embedding.from_pretrained(torch.cat([old, new]), freeze=False)
+        self.cfg = self.cfg.model_copy(update={"task_ids": (*self.cfg.task_ids, task_id)})
+        return len(old)
 
     def routed_layers(self) -> list[tuple[str, SBL]]:
         """Every SBL with its name (empty for the dense baseline)."""
@@ -264,8 +307,8 @@ class TinyONN(nn.Module):
     def param_groups(self, weight_decay: float) -> list[dict]:
         """Optimizer groups, each with a "kind":
         "matrix": the weight matrices of the tapped layers (mu / weight), decayed;
-        "other": embeddings, the output head (an untied mirror of the embedding), norms, SBL sigma and gate:
-                 not decayed.
+        "other": embeddings (task codes included), the output head (an untied mirror of the embedding), norms,
+                 SBL sigma and gate: not decayed.
         """
         matrices = [m.weight_matrix for m in self.tapped_layers()]
         in_matrices = {id(p) for p in matrices}

@@ -11,6 +11,11 @@
    are always two (`two_attempts`): the best twice when only one grid was found, the test input itself twice (the
    copy-the-input guess) when none was or the task could not be solved (`solve_or_copy`).
 
+In the pair format (DESIGN §3b) the task is conditioned on its code: the code it was trained with when the model
+saw the task's demos (transductive training), else a fresh code on a copy of the model (`SolveConfig.task_code_init`).
+Test-time training then trains on the task's demos as pairs (every demo is a training pair, the code alone or
+the code and the weights: `SolveConfig.ttt_params`), and each view decodes its test inputs as pair prompts.
+
 Everything random comes from `cfg.seed`: the same model, task and config give the same solution (with a step
 budget; a wall-clock budget stops wherever the time runs out).
 """
@@ -19,6 +24,7 @@ import copy
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Literal
 
 import numpy as np
 import torch
@@ -26,12 +32,14 @@ import torch
 from onn_arc import decode
 from onn_arc.augment import INVERSE_DIHEDRAL, Augmentation, dihedral_map
 from onn_arc.config import SolveConfig, TrainConfig
-from onn_arc.data import Grid, Task
-from onn_arc.errors import TaskError
+from onn_arc.data import Grid, Pair, Task
+from onn_arc.errors import ConfigError, TaskError
 from onn_arc.model import TinyONN
 from onn_arc.scoring import TwoAttempts
-from onn_arc.tokens import Sequence, encode_task, grid_room
-from onn_arc.train import Example, leave_one_out, lr_factor, make_optimizer, sample_batch, step_generators, train_step
+from onn_arc.tokens import Sequence, encode_pair, encode_task, grid_room
+from onn_arc.train import (
+    Entry, Example, leave_one_out, lr_factor, make_optimizer, pair_examples, sample_batch, step_generators, train_step,
+)  # fmt: skip
 
 Progress = Callable[[str, int, int], None]  # (stage, done, total): "ttt" steps, then "decode" view × test prompts
 
@@ -112,6 +120,22 @@ def prompt(task: Task, test_index: int, max_len: int) -> Sequence:
     return encode_task(task, test_index, max_len=max_len - output_room(task), answer=False)
 
 
+def with_task_code(model: TinyONN, task: Task, init: Literal["mean", "zero"]) -> TinyONN:
+    """Pair format: `model` itself when it has a code for the task (trained on its demos: transductive), else a deep
+    copy with a fresh code for it (the model given is never changed). Augmented views keep the task's id, so
+    `code_of` finds the code in every view."""
+    if task.id in model.cfg.task_ids:
+        return model
+    fresh = copy.deepcopy(model)
+    fresh.add_task_code(task.id, init)
+    return fresh
+
+
+def code_of(model: TinyONN, task: Task) -> int:
+    """The task's row in the pair-format model's task-code table (0 in the context format, which has none)."""
+    return model.cfg.task_ids.index(task.id) if model.cfg.format == "pairs" else 0
+
+
 # ---------------------------------------------------------------- test-time training
 
 
@@ -123,13 +147,37 @@ def _fits(task: Task, max_len: int) -> bool:
     return True
 
 
+def _ttt_pool(model: TinyONN, task: Task) -> list[Entry]:
+    """What test-time training trains on: leave-one-out pseudo-tasks (context) or the demos with the task's code
+    (pairs), those that fit the context."""
+    max_len = model.cfg.max_len
+    if model.cfg.format == "pairs":
+        demos = pair_examples(task, code_of(model, task), test_outputs=False, input_loss=False)
+        return [ex for ex in demos if ex.length <= max_len]
+    return [Example(t, 0) for t in leave_one_out(task) if _fits(t, max_len)]
+
+
+def _ttt_optimizer(tuned: TinyONN, cfg: SolveConfig) -> torch.optim.Optimizer:
+    """The optimizer of every parameter, or (ttt_params="code") AdamW on the task codes alone, the rest frozen."""
+    if cfg.ttt_params == "all":
+        return make_optimizer(tuned, cfg.optimizer)
+    if tuned.cfg.format != "pairs":
+        raise ConfigError("ttt_params='code': only the pair format has task codes")
+    tuned.requires_grad_(False)
+    codes = tuned.task_codes.weight.requires_grad_(True)
+    o = cfg.optimizer
+    group = {"params": [codes], "weight_decay": 0.0, "initial_lr": o.lr}
+    return torch.optim.AdamW([group], lr=o.lr, betas=(o.beta1, o.beta2))
+
+
 def fine_tune(
     model: TinyONN, task: Task, cfg: SolveConfig, on_progress: Progress | None = None
 ) -> tuple[TinyONN, int, float, float | None]:
     """(a fine-tuned deep copy of `model`, steps taken, seconds, last main loss); the model itself when switched
-    off or when the task has no pseudo-task that fits (fewer than two demos)."""
+    off or when the task has nothing to train on that fits (context: fewer than two demos). In the pair format
+    `model` must have a code for the task (`with_task_code`)."""
     max_len = model.cfg.max_len
-    pool = [Example(t, 0) for t in leave_one_out(task) if _fits(t, max_len)]
+    pool = _ttt_pool(model, task)
     if cfg.ttt_steps == 0 or not pool:
         return model, 0, 0.0, None
     device = next(model.parameters()).device
@@ -139,7 +187,7 @@ def fine_tune(
         batch_tokens=cfg.ttt_batch_tokens, steps=cfg.ttt_steps, grad_clip=cfg.grad_clip, seed=cfg.seed,
         precision=cfg.precision,
     )  # fmt: skip
-    opt = make_optimizer(tuned, cfg.optimizer)
+    opt = _ttt_optimizer(tuned, cfg)
     started, step, loss = time.perf_counter(), 0, None
     with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
         while step < cfg.ttt_steps:
@@ -199,8 +247,12 @@ def vote(views: list[Augmentation], found: list[list[decode.Candidate]], test_in
 
 
 def decode_view(model: TinyONN, task: Task, test_index: int, cfg: SolveConfig) -> list[decode.Candidate]:
-    """Candidates for one test input of a (possibly augmented) task, in that task's orientation."""
-    seq = prompt(task, test_index, model.cfg.max_len)
+    """Candidates for one test input of a (possibly augmented) task, in that task's orientation; in the pair
+    format the test input alone, conditioned on the task's code."""
+    if model.cfg.format == "pairs":
+        seq = encode_pair(Pair(input=task.test[test_index].input), code_of(model, task), answer=False)
+    else:
+        seq = prompt(task, test_index, model.cfg.max_len)
     if cfg.sampler == "dfs":
         return decode.dfs(model, seq, cfg.min_prob, cfg.max_candidates)
     return decode.greedy(model, seq)
@@ -210,6 +262,8 @@ def solve_task(model: TinyONN, task: Task, cfg: SolveConfig, on_progress: Progre
     """Test-time training on a copy of `model`, then decoding in `cfg.views` views and voting. The task's test
     outputs, if any, are never used. TaskError when a test input cannot fit the context."""
     check_fits(task, model.cfg.max_len)
+    if model.cfg.format == "pairs":
+        model = with_task_code(model, task, cfg.task_code_init)
     tuned, steps, seconds, loss = fine_tune(model, task, cfg, on_progress)
     views = choose_views(task, cfg.views, cfg.seed)
     found: list[list[list[decode.Candidate]]] = [[] for _ in task.test]  # [test][view] -> candidates

@@ -1,25 +1,36 @@
-"""Grid tokens: the vocabulary and the task -> sequence layout (DESIGN §3).
+"""Grid tokens: the vocabulary and the two sequence layouts (DESIGN §3, §3b), chosen by `ModelConfig.format`.
 
-A task becomes one causal sequence
+"context": a task becomes one causal sequence
 
     BOS, [IN, input grid, OUT, output grid] per demo, IN, test input, OUT, test output, EOS
 
 where a grid is written row by row, each row's cells followed by one ROW token.
 Every token carries its (row, column) inside its grid (markers sit at (0, 0); the
 ROW token of a row of width W sits at column W) and a role (marker, input cell,
-output cell). Its place in the sequence is its index.
+output cell). Its third coordinate `pos` is its index in the sequence.
+
+"pairs": each input -> output pair is its own sequence, conditioned on its task by the model's task code:
+
+    BOS, IN, input grid, OUT, output grid, EOS
+
+with no sequence index: every token sits at (row, column, plane). The grids are laid out as above in two parallel
+planes, so output cell (r, c) lines up with input cell (r, c) one plane offset away; each marker sits at (0, 0) of
+a plane of its own, in sequence order (PLANES: BOS 0, IN 1, input 2, OUT 3, output 4, EOS 5). The third
+coordinate `pos` is the plane.
 
 The loss is on output grids: every output-grid token and the token that closes
-the grid (the IN or EOS after it), so the model learns when a grid ends.
+the grid (the IN or EOS after it), so the model learns when a grid ends; the pair
+format can put it on the input grid too (its cells, row ends and the OUT after it).
 Tasks longer than the context lose demos from the end, never the test pair.
 """
 
 from dataclasses import dataclass
+from typing import Literal
 
 import numpy as np
 import torch
 
-from onn_arc.data import Grid, Task, as_array, from_array
+from onn_arc.data import Grid, Pair, Task, as_array, from_array
 from onn_arc.errors import GridError, TaskError
 
 N_COLOURS = 10
@@ -29,18 +40,23 @@ NAMES = [str(c) for c in range(N_COLOURS)] + ["<pad>", "<bos>", "<eos>", "<in>",
 
 MARKER, INPUT, OUTPUT = 0, 1, 2  # roles
 MAX_COORD = 30  # a row token of a 30-wide row sits at column 30
+BOS_PLANE, IN_PLANE, INPUT_PLANE, OUT_PLANE, OUTPUT_PLANE, EOS_PLANE = range(6)  # the pair format's planes
+N_PLANES = 6
+Format = Literal["context", "pairs"]  # the sequence layout, `ModelConfig.format`
 
 
 @dataclass(frozen=True)
 class Sequence:
-    """One encoded task; every array has shape (T,)."""
+    """One encoded task (context format) or pair (pair format); every array has shape (T,)."""
 
     tokens: np.ndarray  # int64 token ids
     rows: np.ndarray  # int64 row inside the token's grid
     cols: np.ndarray  # int64 column inside the token's grid
+    pos: np.ndarray  # int64 third coordinate: index in the sequence (context) or plane (pairs)
     roles: np.ndarray  # int64 MARKER / INPUT / OUTPUT
     targets: np.ndarray  # bool: the loss predicts this token (from position t-1)
-    n_demos: int  # demos kept after the context policy
+    n_demos: int  # demos kept after the context policy (0 in the pair format)
+    task: int = 0  # the task's code index (pair format; 0 and unused in the context format)
 
     def __len__(self) -> int:
         return len(self.tokens)
@@ -64,17 +80,30 @@ def task_room(task: Task, test_index: int = 0) -> int:
     return 1 + demos + 2 + grid_room(test.input) + answer  # BOS, demos, IN test input OUT, answer
 
 
-def _grid_parts(grid: Grid, role: int) -> tuple[np.ndarray, ...]:
+def pair_room(pair: Pair) -> int:
+    """Tokens `encode_pair(pair)` takes (without an output: `answer=False`), in the pair's longest orientation."""
+    answer = 0 if pair.output is None else grid_room(pair.output) + 1  # output EOS
+    return 3 + grid_room(pair.input) + answer  # BOS IN input OUT, answer
+
+
+def _grid_parts(grid: Grid, role: int, plane: int = 0) -> tuple[np.ndarray, ...]:
+    """(tokens, rows, cols, planes, roles) of a grid, each (H * (W + 1),)."""
     a = as_array(grid)  # (H, W)
     h, w = a.shape
     tokens = np.concatenate([a, np.full((h, 1), ROW)], axis=1).ravel()  # (H * (W + 1),)
     rows = np.repeat(np.arange(h), w + 1)
     cols = np.tile(np.arange(w + 1), h)
-    return tokens, rows, cols, np.full(h * (w + 1), role)
+    return tokens, rows, cols, np.full(h * (w + 1), plane), np.full(h * (w + 1), role)
 
 
-def _marker(token: int) -> tuple[np.ndarray, ...]:
-    return np.array([token]), np.zeros(1, np.int64), np.zeros(1, np.int64), np.array([MARKER])
+def _marker(token: int, plane: int = 0) -> tuple[np.ndarray, ...]:
+    return np.array([token]), np.zeros(1, np.int64), np.zeros(1, np.int64), np.array([plane]), np.array([MARKER])
+
+
+def _targets(roles: np.ndarray, scored: tuple[int, ...]) -> np.ndarray:
+    """(T,) bool: the tokens of the `scored` roles and the token right after each (the grid's closer)."""
+    is_scored = np.isin(roles, scored)
+    return is_scored | np.concatenate([[False], is_scored[:-1]])
 
 
 def encode_task(task: Task, test_index: int = 0, max_len: int | None = None, answer: bool = True) -> Sequence:
@@ -101,10 +130,31 @@ def encode_task(task: Task, test_index: int = 0, max_len: int | None = None, ans
     parts += [_marker(IN), _grid_parts(test.input, INPUT), _marker(OUT)]
     if answer:
         parts += [_grid_parts(test.output, OUTPUT), _marker(EOS)]
-    tokens, rows, cols, roles = (np.concatenate(x).astype(np.int64) for x in zip(*parts))
-    is_out = roles == OUTPUT
-    targets = is_out | np.concatenate([[False], is_out[:-1]])  # output cells, row ends, and the grid's closer
-    return Sequence(tokens, rows, cols, roles, targets, n_demos)
+    tokens, rows, cols, _, roles = (np.concatenate(x).astype(np.int64) for x in zip(*parts))
+    return Sequence(tokens, rows, cols, np.arange(len(tokens)), roles, _targets(roles, (OUTPUT,)), n_demos)
+
+
+def encode_pair(
+    pair: Pair, task: int = 0, answer: bool = True, input_loss: bool = False, max_len: int | None = None
+) -> Sequence:
+    """Encode one pair in the pair format (module docstring) for the task whose code index is `task`.
+
+    answer=True: `BOS IN input OUT output EOS`, the loss on the output grid and EOS (and, with input_loss, on the
+    input grid and the OUT after it). answer=False stops right after OUT: a prompt to decode from, or, with
+    input_loss, a test input trained on without its output. TaskError when the output to encode is missing or
+    the sequence is longer than `max_len`.
+    """
+    if answer and pair.output is None:
+        raise TaskError("the pair has no output to encode")
+    parts = [_marker(BOS, BOS_PLANE), _marker(IN, IN_PLANE), _grid_parts(pair.input, INPUT, INPUT_PLANE)]
+    parts += [_marker(OUT, OUT_PLANE)]
+    if answer:
+        parts += [_grid_parts(pair.output, OUTPUT, OUTPUT_PLANE), _marker(EOS, EOS_PLANE)]
+    tokens, rows, cols, planes, roles = (np.concatenate(x).astype(np.int64) for x in zip(*parts))
+    if max_len is not None and len(tokens) > max_len:
+        raise TaskError(f"the pair needs {len(tokens)} tokens, the context holds {max_len}")
+    targets = _targets(roles, (OUTPUT, INPUT) if input_loss else (OUTPUT,))
+    return Sequence(tokens, rows, cols, planes, roles, targets, n_demos=0, task=task)
 
 
 def decode_grid(tokens: list[int]) -> Grid:
@@ -145,18 +195,28 @@ def next_coordinate(generated: list[int]) -> tuple[int, int]:
     return row, col
 
 
+def next_position(fmt: Format, prompt_len: int, generated: list[int]) -> tuple[int, int, int]:
+    """(row, column, third coordinate) of the next output-grid token after a prompt of `prompt_len` tokens and the
+    tokens generated so far, as `fmt` lays out a known output: third = the next sequence index (context) or the
+    output plane (pairs)."""
+    row, col = next_coordinate(generated)
+    return row, col, OUTPUT_PLANE if fmt == "pairs" else prompt_len + len(generated)
+
+
 @dataclass(frozen=True)
 class Batch:
-    """Right-padded sequences as tensors, each (B, T); causal attention makes padding harmless."""
+    """Right-padded sequences as tensors, each (B, T) (`task` (B,)); causal attention makes padding harmless."""
 
     tokens: torch.Tensor  # int64
     rows: torch.Tensor  # int64
     cols: torch.Tensor  # int64
-    pos: torch.Tensor  # int64 index in the sequence
+    pos: torch.Tensor  # int64 third coordinate: index in the sequence (context) or plane (pairs)
     targets: torch.Tensor  # bool, False on padding
+    task: torch.Tensor | None = None  # (B,) int64 each sequence's task code index (pair format)
 
     def to(self, device: torch.device | str) -> "Batch":
-        return Batch(*(t.to(device) for t in (self.tokens, self.rows, self.cols, self.pos, self.targets)))
+        fields = (self.tokens, self.rows, self.cols, self.pos, self.targets, self.task)
+        return Batch(*(None if t is None else t.to(device) for t in fields))
 
     @property
     def n_tokens(self) -> int:
@@ -167,11 +227,13 @@ def collate(seqs: list[Sequence], length: int | None = None) -> Batch:
     """Stack sequences into a batch padded to `length` (default: the longest)."""
     t = max(len(s) for s in seqs) if length is None else length
     b = len(seqs)
-    out = {k: np.zeros((b, t), np.int64) for k in ("tokens", "rows", "cols")}
+    out = {k: np.zeros((b, t), np.int64) for k in ("tokens", "rows", "cols", "pos")}
     out["tokens"][:] = PAD
     targets = np.zeros((b, t), bool)
     for i, s in enumerate(seqs):
         n = len(s)
-        out["tokens"][i, :n], out["rows"][i, :n], out["cols"][i, :n], targets[i, :n] = s.tokens, s.rows, s.cols, s.targets
-    pos = np.tile(np.arange(t), (b, 1))
-    return Batch(*(torch.from_numpy(np.ascontiguousarray(a)) for a in (out["tokens"], out["rows"], out["cols"], pos, targets)))
+        for k, v in out.items():
+            v[i, :n] = getattr(s, k)
+        targets[i, :n] = s.targets
+    task = np.array([s.task for s in seqs], np.int64)
+    return Batch(*(torch.from_numpy(np.ascontiguousarray(a)) for a in (*out.values(), targets, task)))

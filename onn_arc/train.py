@@ -1,8 +1,17 @@
 """Teacher-forced training on ARC tasks (the library side of `onn-arc train`).
 
-Every step draws tasks, applies one random whole-task augmentation to each,
+Every step draws pool entries, applies one random whole-task augmentation to each,
 encodes them (DESIGN §3) and packs them into a batch of at most `batch_tokens`
 padded tokens, then takes one optimizer step on the DESIGN §5 losses.
+
+The pool's entries depend on the model's format; batching does not (each entry has
+`task`, `length` and `encode(aug, max_len)`):
+- context: an `Example` is a task with one of its test pairs last (demo-only
+  sources: leave-one-out pseudo-tasks of their demos);
+- pairs (DESIGN §3b): a `PairExample` is one pair with its task's code index.
+  Sources give their demos and test pairs; demo-only sources (and sources without
+  test outputs) their demos, and, with `input_loss`, their test inputs alone with
+  the loss on input cells. A demo-only source's test output never enters the pool.
 
 Determinism and resumption: the data of step s on rank r comes from a generator
 seeded with (seed, s, r), and so does the torch RNG, so the step number is the
@@ -43,7 +52,7 @@ from onn_arc.losses import forward_backward
 from onn_arc.model import TinyONN
 from onn_arc.optim import GaussNewton
 from onn_arc.precision import resolve as resolve_precision
-from onn_arc.tokens import PAD, Batch, Sequence, collate, encode_task, task_room
+from onn_arc.tokens import PAD, Batch, Format, Sequence, collate, encode_pair, encode_task, pair_room, task_room
 
 EVAL_SPLITS = ("arc1-eval", "arc2-eval")
 BUCKET = 2  # a batch's companions come from the BUCKET × (how many fit) examples nearest its first in length
@@ -54,7 +63,7 @@ BUCKET = 2  # a batch's companions come from the BUCKET × (how many fit) exampl
 
 @dataclass(frozen=True)
 class Example:
-    """One training sequence before augmentation: a task and which test pair goes last."""
+    """Context format: one training sequence before augmentation, a task and which test pair goes last."""
 
     task: Task
     test_index: int
@@ -67,6 +76,47 @@ class Example:
     def encode(self, aug: Augmentation, max_len: int) -> Sequence:
         """The augmented sequence; TaskError when its test pair alone exceeds `max_len`."""
         return encode_task(aug.apply(self.task), test_index=self.test_index, max_len=max_len)
+
+
+@dataclass(frozen=True)
+class PairExample:
+    """Pair format: one pair of `task` with the task's code index; a pair without output is a test input trained on
+    with the input loss only."""
+
+    task: Task
+    pair: Pair
+    code: int  # the task's row in the model's task-code table
+    input_loss: bool  # the loss is on the input grid too (always, for a test input without its output)
+
+    @functools.cached_property
+    def length(self) -> int:
+        """Its tokens in its longest orientation: what the batcher buckets by."""
+        return pair_room(self.pair)
+
+    def encode(self, aug: Augmentation, max_len: int) -> Sequence:
+        """The augmented pair (demo order means nothing here); TaskError when it exceeds `max_len`."""
+        answer = self.pair.output is not None
+        return encode_pair(aug.apply_pair(self.pair), self.code, answer, self.input_loss, max_len)
+
+
+Entry = Example | PairExample  # a pool entry: `task`, `length`, `encode(aug, max_len)`
+
+
+def pair_examples(task: Task, code: int, test_outputs: bool, input_loss: bool) -> list[PairExample]:
+    """A task's pair-format entries: every demo; its test pairs when `test_outputs`, else, with `input_loss`, its
+    test inputs stripped of their outputs."""
+    demos = [PairExample(task, p, code, input_loss) for p in task.train]
+    if test_outputs:
+        return demos + [PairExample(task, p, code, input_loss) for p in task.test]
+    if input_loss:
+        return demos + [PairExample(task, Pair(input=p.input), code, True) for p in task.test]
+    return demos
+
+
+def pool_task_ids(pool: list[Entry]) -> tuple[str, ...]:
+    """The task id of each code index the pool's pair entries use, in index order (the model's `task_ids`)."""
+    ids = {ex.code: ex.task.id for ex in pool if isinstance(ex, PairExample)}
+    return tuple(ids[i] for i in range(len(ids)))
 
 
 def leave_one_out(task: Task) -> list[Task]:
@@ -82,29 +132,40 @@ def leave_one_out(task: Task) -> list[Task]:
     ]
 
 
-def build_pool(sources: list[str], demo_sources: list[str]) -> tuple[list[Example], TrainingData]:
-    """Examples from `sources` (demos and test outputs) and `demo_sources` (demos only), and their provenance."""
+def build_pool(
+    sources: list[str], demo_sources: list[str], fmt: Format = "context", input_loss: bool = False
+) -> tuple[list[Entry], TrainingData]:
+    """Entries in format `fmt` from `sources` (demos and test outputs) and `demo_sources` (demos only; their test
+    inputs too in the pair format with `input_loss`), and their provenance. In the pair format each task gets a
+    code index, in order of first appearance (`pool_task_ids`)."""
     for name in sources:
         if name in EVAL_SPLITS:
             raise ConfigError(
                 f"refusing to train on the test outputs of evaluation split '{name}'; "
                 f"use it as a demo source (--demo-source {name}) to train on its demos only"
             )
-    pool: list[Example] = []
+    codes: dict[str, int] = {}
+
+    def entries(task: Task, test_outputs: bool) -> list[Entry]:
+        if fmt == "pairs":
+            return pair_examples(task, codes.setdefault(task.id, len(codes)), test_outputs, input_loss)
+        if test_outputs:
+            return [Example(task, i) for i in range(len(task.test))]
+        return [Example(t, 0) for t in leave_one_out(task)]
+
+    pool: list[Entry] = []
     seen_ids: list[str] = []
     n_tasks = 0
     for name in sources:
         for task in load_source(name):
             n_tasks += 1
+            pool += entries(task, task.has_test_outputs)
             if task.has_test_outputs:
-                pool += [Example(task, i) for i in range(len(task.test))]
                 seen_ids.append(task.id)
-            else:
-                pool += [Example(t, 0) for t in leave_one_out(task)]
     for name in demo_sources:
         for task in load_source(name):
             n_tasks += 1
-            pool += [Example(t, 0) for t in leave_one_out(task)]
+            pool += entries(task, False)
     if not pool:
         raise ConfigError(f"no training examples in sources {sources + demo_sources}")
     data = TrainingData(
@@ -118,7 +179,7 @@ def build_pool(sources: list[str], demo_sources: list[str]) -> tuple[list[Exampl
 
 
 def sample_batch(
-    pool: list[Example], rng: np.random.Generator, batch_tokens: int, max_len: int, augment: AugmentConfig
+    pool: list[Entry], rng: np.random.Generator, batch_tokens: int, max_len: int, augment: AugmentConfig
 ) -> Batch:
     """A length-bucketed batch of at most `batch_tokens` padded tokens (longest sequence × sequences).
 
@@ -313,7 +374,7 @@ class Run:
     paths: RunPaths
     model: TinyONN
     opt: torch.optim.Optimizer
-    pool: list[Example]
+    pool: list[Entry]
     data: TrainingData  # what this stage trains on
     earlier: list[Stage] = field(default_factory=list)  # the stages before this one, oldest first
     commands: list[str] = field(default_factory=list)  # the command lines of this stage (began it, then resumes)
@@ -434,9 +495,17 @@ def prepare(
         raise ConfigError(f"{paths.root}: already holds a run; pass --resume to continue it or choose another --out")
     if init is not None:
         _check_init_model(init.meta.model, cfg.model)
-    pool, data = build_pool(cfg.sources, cfg.demo_sources)
+    pool, data = build_pool(cfg.sources, cfg.demo_sources, cfg.model.format, cfg.input_loss)
+    model_cfg = cfg.model
+    if model_cfg.format == "pairs":
+        model_cfg = model_cfg.model_copy(update={"task_ids": pool_task_ids(pool)})
+        if init is not None and model_cfg.task_ids != init.meta.model.task_ids:
+            raise ConfigError(
+                f"--init: the checkpoint has codes for {len(init.meta.model.task_ids)} tasks and this run's data "
+                f"needs {len(model_cfg.task_ids)} others or in another order; train a pairs stage on the same sources"
+            )
     torch.manual_seed(cfg.seed)
-    model = TinyONN(cfg.model).to(device)
+    model = TinyONN(model_cfg).to(device)
     opt = make_optimizer(model, cfg.optimizer)
     commands = [command] if command else []
     run = Run(cfg, paths, model, opt, pool, data, commands=commands)

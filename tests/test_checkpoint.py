@@ -437,3 +437,12 @@ def test_export_weights_drops_train_state_only(tmp_path):
     shipped = load_checkpoint(tmp_path / "ship")
     assert shipped.train_state is None and shipped.meta.step == 7 and shipped.meta.data == data
     assert all(torch.equal(a, b) for a, b in zip(shipped.model.state_dict().values(), model.state_dict().values()))
+
+
+def test_a_pair_format_model_round_trips_with_its_task_codes(tmp_path):
+    model = tiny(format="pairs", task_ids=("t1", "t2"))
+    model.add_task_code("t3", "zero")
+    save_checkpoint(tmp_path / "ck", model, DATA, step=1, metrics={})
+    loaded = load_checkpoint(tmp_path / "ck").model
+    assert loaded.cfg.task_ids == ("t1", "t2", "t3")
+    assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), loaded.state_dict().values()))

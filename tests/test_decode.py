@@ -14,7 +14,7 @@ from onn_arc.config import ModelConfig
 from onn_arc.data import Pair, parse_task
 from onn_arc.errors import GridError
 from onn_arc.model import TinyONN
-from onn_arc.tokens import EOS, N_COLOURS, ROW, collate, decode_grid, encode_task, next_coordinate
+from onn_arc.tokens import EOS, N_COLOURS, ROW, Sequence, collate, decode_grid, encode_pair, encode_task, next_position
 
 TASK = parse_task(
     {
@@ -27,15 +27,26 @@ TASK = parse_task(
 GRID_CHOICES = [*range(N_COLOURS), ROW]
 
 
-def peaky_model(seed: int, arch: str = "onn") -> TinyONN:
+PAIRS = dict(format="pairs", task_ids=("other", "swap"))  # TASK has code 1
+
+
+def peaky_model(seed: int, arch: str = "onn", fmt: str = "context") -> TinyONN:
     """A random tiny model with a sharpened head, so probabilities spread over many orders of magnitude."""
     torch.manual_seed(seed)
-    model = TinyONN(ModelConfig.preset("tiny", arch=arch)).eval()
+    model = TinyONN(ModelConfig.preset("tiny", arch=arch, **(PAIRS if fmt == "pairs" else {}))).eval()
     with torch.no_grad():
         model.head.weight.mul_(4)
         for _, layer in model.routed_layers():
             layer.gate.normal_(0.0, 0.5)  # some units closed (at init every unit fires)
     return model
+
+
+def encode(fmt: str, output=None) -> Sequence:
+    """TASK's test pair in format `fmt`: a prompt (output None) or with `output` as its answer."""
+    pair = Pair(input=TASK.test[0].input, output=output)
+    if fmt == "pairs":
+        return encode_pair(pair, task=1, answer=output is not None)
+    return encode_task(TASK.model_copy(update={"test": (pair,)}), answer=output is not None)
 
 
 def choice_logprobs(logits: torch.Tensor) -> dict[int, float]:
@@ -47,22 +58,23 @@ def choice_logprobs(logits: torch.Tensor) -> dict[int, float]:
 
 def full_forward_choices(model: TinyONN, prompt, generated: list[int]) -> tuple[dict[int, float], float]:
     """Choices after `generated` and the mean activation rate there, from one uncached forward pass."""
-    coords = [next_coordinate(generated[:k]) for k in range(len(generated))]
-    tokens = np.concatenate([prompt.tokens, generated]).astype(np.int64)
-    rows = np.concatenate([prompt.rows, [r for r, _ in coords]]).astype(np.int64)
-    cols = np.concatenate([prompt.cols, [c for _, c in coords]]).astype(np.int64)
-    args = (torch.as_tensor(a)[None] for a in (tokens, rows, cols, np.arange(len(tokens))))
+    coords = np.array([next_position(model.cfg.format, len(prompt), generated[:k]) for k in range(len(generated))])
+    coords = coords.reshape(-1, 3)  # (G, 3) row, column, third coordinate
+    tokens = np.concatenate([prompt.tokens, generated])
+    rows, cols, pos = (np.concatenate([getattr(prompt, k), coords[:, i]]) for i, k in enumerate(("rows", "cols", "pos")))
+    args = (torch.as_tensor(a.astype(np.int64))[None] for a in (tokens, rows, cols, pos))
     with torch.no_grad():
-        logits = model(*args)
+        logits = model(*args, task=torch.tensor([prompt.task]))
     rates = [layer.last_rate[0, -1].item() for _, layer in model.routed_layers()]
     return choice_logprobs(logits[0, -1]), float(np.mean(rates)) if rates else 1.0
 
 
+@pytest.mark.parametrize("fmt", ["context", "pairs"])
 @pytest.mark.parametrize("arch", ["onn", "dense"])
 @pytest.mark.parametrize("seed", [1, 3])
-def test_greedy_over_the_cache_equals_argmax_over_full_forward_passes(seed, arch):
-    model = peaky_model(seed, arch)
-    prompt = encode_task(TASK, answer=False)
+def test_greedy_over_the_cache_equals_argmax_over_full_forward_passes(seed, arch, fmt):
+    model = peaky_model(seed, arch, fmt)
+    prompt = encode(fmt)
     (found,) = decode.greedy(model, prompt)
     generated, total, probs, rates = [], 0.0, [], []
     while not generated or generated[-1] != EOS:
@@ -101,15 +113,11 @@ def all_grid_sequences(max_tokens: int) -> list[list[int]]:
 
 def exhaustive_logprobs(model: TinyONN, sequences: list[list[int]]) -> list[float]:
     """Teacher-forced log-probabilities of each grid as the task's test output, uncached, in one batch."""
-    seqs = []
-    for generated in sequences:
-        grid = decode_grid(generated)
-        task = TASK.model_copy(update={"test": (Pair(input=TASK.test[0].input, output=grid),)})
-        seqs.append(encode_task(task, answer=True))
-    start = len(encode_task(TASK, answer=False))
-    batch = collate(seqs)
+    fmt = model.cfg.format
+    start = len(encode(fmt))
+    batch = collate([encode(fmt, decode_grid(generated)) for generated in sequences])
     with torch.no_grad():
-        logits = model(batch.tokens, batch.rows, batch.cols, batch.pos)  # (B, T, V)
+        logits = model(batch.tokens, batch.rows, batch.cols, batch.pos, task=batch.task)  # (B, T, V)
     totals = []
     for b, generated in enumerate(sequences):
         steps = [choice_logprobs(logits[b, start - 1 + k]) for k in range(len(generated))]
@@ -118,15 +126,15 @@ def exhaustive_logprobs(model: TinyONN, sequences: list[list[int]]) -> list[floa
     return totals
 
 
-@pytest.mark.parametrize("seed,min_prob", [(1, 1e-3), (3, 2e-4), (5, 1e-4)])
-def test_dfs_with_cache_cropping_equals_exhaustive_enumeration(seed, min_prob):
-    model = peaky_model(seed)
+@pytest.mark.parametrize("seed,min_prob,fmt", [(1, 1e-3, "context"), (3, 2e-4, "context"), (3, 1e-4, "pairs")])
+def test_dfs_with_cache_cropping_equals_exhaustive_enumeration(seed, min_prob, fmt):
+    model = peaky_model(seed, fmt=fmt)
     max_tokens = 5  # grids 1×1, 1×2, 1×3 and 2×1: 1210 sequences
     sequences = all_grid_sequences(max_tokens)
     assert len(sequences) == 10 + 100 + 1000 + 100
     reference = dict(zip(map(tuple, sequences), exhaustive_logprobs(model, sequences)))
 
-    found = decode.dfs(model, encode_task(TASK, answer=False), min_prob, max_candidates=10_000, max_tokens=max_tokens)
+    found = decode.dfs(model, encode(fmt), min_prob, max_candidates=10_000, max_tokens=max_tokens)
     by_tokens = {c.tokens: c for c in found}
     assert len(by_tokens) == len(found) >= 3
     assert len({len(t) for t in by_tokens}) >= 2  # the search branched to different depths

@@ -10,7 +10,7 @@ from onn_arc.config import LossConfig, ModelConfig
 from onn_arc.data import find_task
 from onn_arc.errors import ConfigError
 from onn_arc.model import SBL, KVCache, Linear, TinyONN
-from onn_arc.tokens import collate, encode_task
+from onn_arc.tokens import collate, encode_pair, encode_task
 
 
 @pytest.fixture(scope="module")
@@ -103,7 +103,16 @@ def test_no_grad_forward_keeps_its_fused_weight_only_while_the_parameters_are_un
 
 
 def feed(model: TinyONN, b, cache: KVCache, start: int, end: int) -> torch.Tensor:
-    return model(b.tokens[:, start:end], b.rows[:, start:end], b.cols[:, start:end], b.pos[:, start:end], cache)
+    return model(b.tokens[:, start:end], b.rows[:, start:end], b.cols[:, start:end], b.pos[:, start:end], cache, b.task)
+
+
+PAIRS = dict(format="pairs", task_ids=("a", "b", "c"))
+
+
+def pair_batch():
+    """Two pairs of a real task (28 and 116 tokens) with task codes 2 and 0."""
+    task = find_task("d23f8c26")
+    return collate([encode_pair(task.train[0], task=2), encode_pair(task.test[0], task=0)])
 
 
 @pytest.mark.parametrize("arch,n_heads", [("onn", 1), ("dense", 1), ("onn", 2)])
@@ -127,6 +136,61 @@ def test_cached_decoding_matches_full_forward(batch, arch, n_heads):
         assert cache.length == 150
         refed = torch.cat([feed(model, batch, cache, 150, 151), feed(model, batch, cache, 151, n)], dim=1)
         torch.testing.assert_close(refed, full[:, 150:], rtol=0, atol=1e-5)
+
+
+@pytest.mark.parametrize("arch", ["onn", "dense"])
+def test_cached_decoding_matches_full_forward_in_the_pair_format(arch):
+    model = TinyONN(ModelConfig.preset("tiny", arch=arch, **PAIRS)).eval()
+    b = pair_batch()
+    n = b.tokens.shape[1]
+    with torch.no_grad():
+        full = model(b.tokens, b.rows, b.cols, b.pos, task=b.task)  # (2, T, V)
+        cache = model.new_cache()
+        one_by_one = torch.cat([feed(model, b, cache, t, t + 1) for t in range(n)], dim=1)
+        torch.testing.assert_close(one_by_one, full, rtol=0, atol=1e-5)
+        cache.crop(20)
+        refed = torch.cat([feed(model, b, cache, 20, 33), feed(model, b, cache, 33, n)], dim=1)
+        torch.testing.assert_close(refed, full[:, 20:], rtol=0, atol=1e-5)
+
+
+def test_task_code_conditions_every_token_and_positions_are_relative():
+    model = TinyONN(ModelConfig.preset("tiny", **PAIRS)).eval()
+    b = pair_batch()
+    with torch.no_grad():
+        logits = model(b.tokens, b.rows, b.cols, b.pos, task=b.task)
+        other = model(b.tokens, b.rows, b.cols, b.pos, task=torch.tensor([1, 0]))
+        shifted = model(b.tokens, b.rows, b.cols, b.pos + 7, task=b.task)  # rotary sees only plane offsets
+        with pytest.raises(ValueError, match="task"):
+            model(b.tokens, b.rows, b.cols, b.pos)
+    assert (other[0] - logits[0]).abs().amax(-1).min() > 0  # a different code changes every position
+    torch.testing.assert_close(other[1], logits[1], rtol=0, atol=0)
+    torch.testing.assert_close(shifted, logits, rtol=0, atol=1e-5)
+
+
+def test_pair_rotary_splits_head_pairs_over_plane_row_and_column():
+    rotary = TinyONN(ModelConfig.preset("tiny", **PAIRS)).rotary  # head dim 16: 8 pairs
+    assert (len(rotary.third_freqs), len(rotary.row_freqs), len(rotary.col_freqs)) == (2, 3, 3)
+    context = TinyONN(ModelConfig.preset("tiny")).rotary
+    assert (len(context.third_freqs), len(context.row_freqs), len(context.col_freqs)) == (4, 2, 2)
+
+
+@pytest.mark.parametrize("init", ["mean", "zero"])
+def test_add_task_code_grows_the_table_and_the_config(init):
+    model = TinyONN(ModelConfig.preset("tiny", **PAIRS))
+    trained = model.task_codes.weight.detach().clone()
+    assert model.add_task_code("new", init) == 3
+    assert model.cfg.task_ids == ("a", "b", "c", "new") and model.task_codes.weight.shape == (4, 16)
+    expected = trained.mean(0) if init == "mean" else torch.zeros(16)
+    torch.testing.assert_close(model.task_codes.weight[3].detach(), expected)
+    torch.testing.assert_close(model.task_codes.weight[:3].detach(), trained, rtol=0, atol=0)
+    assert model.task_codes.weight.requires_grad
+    other = next(g for g in model.param_groups(0.1) if g["kind"] == "other")
+    assert any(p is model.task_codes.weight for p in other["params"])
+    assert TinyONN(model.cfg).state_dict().keys() == model.state_dict().keys()  # the config rebuilds it
+    with pytest.raises(ValueError, match="already has code 3"):
+        model.add_task_code("new")
+    with pytest.raises(ValueError, match="pairs"):
+        TinyONN(ModelConfig.preset("tiny")).add_task_code("x")
 
 
 def test_cache_crop_and_capacity_are_checked():
@@ -184,5 +248,9 @@ def test_config_validation_names_the_field_and_value():
         ModelConfig.preset("tiny").d_model = 32  # type: ignore[misc]
     with pytest.raises(Exception, match="gate_weight"):
         LossConfig(gate_weight=-1)
+    with pytest.raises(ConfigError, match="task codes are for format='pairs'"):
+        ModelConfig.preset("tiny", task_ids=("a",))
+    with pytest.raises(ConfigError, match="appears twice"):
+        ModelConfig.preset("tiny", format="pairs", task_ids=("a", "a"))
     cfg = ModelConfig.preset("base")
     assert ModelConfig(**cfg.model_dump()) == cfg

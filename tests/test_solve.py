@@ -17,11 +17,11 @@ from onn_arc.augment import Augmentation, dihedral_map
 from onn_arc.config import AugmentConfig, LossConfig, ModelConfig, OptimizerConfig, SolveConfig, TrainConfig
 from onn_arc.data import Pair, Task, load_source, load_task_file
 from onn_arc.decode import Candidate
-from onn_arc.errors import TaskError
+from onn_arc.errors import ConfigError, TaskError
 from onn_arc.model import TinyONN
 from onn_arc.optim import gauss_newton
 from onn_arc.scoring import load_submission
-from onn_arc.train import Example, make_optimizer, sample_batch, train_step
+from onn_arc.train import Example, make_optimizer, pair_examples, sample_batch, train_step
 
 DATA = Path(__file__).resolve().parents[1] / "data"
 TRUTH = ((1, 2, 0), (3, 4, 0))  # no symmetry: every view moves it
@@ -176,6 +176,48 @@ def test_fine_tune_stops_at_its_time_bound():
     assert 1 <= steps < 1000 and seconds < 5
 
 
+def pair_model(**overrides) -> TinyONN:
+    torch.manual_seed(0)
+    model = tiny_model(format="pairs", task_ids=("a", "b"), **overrides)
+    with torch.no_grad():
+        model.head.weight.mul_(3)  # peaky: greedy ends its grids within the context
+    return model
+
+
+def test_pair_format_solves_with_a_fresh_code_and_leaves_the_model_alone():
+    model, task = pair_model(), stub_task()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    solution = solve.solve_task(model, task, FAST)
+    assert solution.ttt_steps == 2 and len(solution.tests) == 1 and solution.tests[0].attempts
+    assert model.cfg.task_ids == ("a", "b") and all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+    again = solve.solve_task(model, task, FAST)
+    assert again.to_json() == solution.to_json() | {"ttt_seconds": again.ttt_seconds}
+
+
+@pytest.mark.parametrize("init", ["mean", "zero"])
+def test_a_new_task_gets_a_fresh_code_a_trained_one_keeps_its_own(init):
+    model = pair_model()
+    fresh = solve.with_task_code(model, stub_task(), init)
+    assert fresh is not model and fresh.cfg.task_ids == ("a", "b", "stub") and model.cfg.task_ids == ("a", "b")
+    assert solve.code_of(fresh, Augmentation.random(np.random.default_rng(0), 3).apply(stub_task())) == 2
+    trained = tiny_model(format="pairs", task_ids=("a", "stub"))
+    assert solve.with_task_code(trained, stub_task(), init) is trained  # transductive: the code trained on its demos
+    assert solve.code_of(trained, stub_task()) == 1
+
+
+def test_code_only_test_time_training_changes_the_code_alone():
+    model = solve.with_task_code(pair_model(), stub_task(), "mean")
+    code = solve.code_of(model, stub_task())
+    cfg = FAST.model_copy(update={"ttt_params": "code"})
+    tuned, steps, _, _ = solve.fine_tune(model, stub_task(), cfg)
+    changed = {k for k, v in tuned.state_dict().items() if not torch.equal(v, model.state_dict()[k])}
+    assert steps == 2 and changed == {"task_codes.weight"}
+    rows = (tuned.task_codes.weight - model.task_codes.weight).abs().sum(1)
+    assert rows[code] > 0 and rows[:code].sum() == 0  # only this task's code moved
+    with pytest.raises(ConfigError, match="task codes"):
+        solve.fine_tune(tiny_model(), load_task_file(DATA / "6150a2bd.json"), cfg)
+
+
 def test_a_test_input_too_long_for_the_context_is_a_one_line_task_error():
     task = load_task_file(DATA / "6150a2bd.json")
     with pytest.raises(TaskError, match=r"6150a2bd: test\[0\] needs 28 tokens .* context holds 27$"):
@@ -212,6 +254,24 @@ def test_a_model_trained_on_copy_tasks_solves_a_new_one(arch, steps):
     assert answer.attempts[0] == task.test[0].output
     assert answer.candidates[0].votes >= 2
     assert answer.confidence.shape == (2, 2) and answer.confidence.min() > 0.5
+
+
+@pytest.mark.slow
+def test_a_pair_model_trained_on_copy_tasks_solves_a_new_one_with_a_fresh_code():
+    rng = np.random.default_rng(0)
+    tasks = [copy_task(rng, f"copy{i}") for i in range(64)]
+    pool = [ex for i, t in enumerate(tasks) for ex in pair_examples(t, i, test_outputs=True, input_loss=False)]
+    cfg = ModelConfig.preset("tiny", d_model=32, n_layers=2, arch="dense", format="pairs", task_ids=tuple(t.id for t in tasks))
+    model = TinyONN(cfg)
+    optimizer = OptimizerConfig(name="adamw", lr=3e-3, weight_decay=0.0)
+    train_cfg = TrainConfig(model=cfg, optimizer=optimizer, loss=LossConfig(gate_weight=0, kl_weight=0))
+    opt = make_optimizer(model, optimizer)
+    for _ in range(250):
+        train_step(model, opt, sample_batch(pool, rng, 512, 512, AugmentConfig()), train_cfg, torch.Generator())
+    task = copy_task(np.random.default_rng(99), "new")
+    solve_cfg = SolveConfig(ttt_steps=3, ttt_batch_tokens=256, views=3, optimizer=OptimizerConfig(name="adamw", lr=1e-3))
+    (answer,) = solve.solve_task(model.eval(), task, solve_cfg).tests
+    assert answer.attempts[0] == task.test[0].output and answer.candidates[0].votes >= 2
 
 
 # ---------------------------------------------------------------- `onn-arc solve`

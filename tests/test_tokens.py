@@ -92,4 +92,47 @@ def test_collate_pads_and_masks():
     batch = tk.collate([a, b])
     assert batch.tokens.shape == (2, len(a))
     assert (batch.tokens[1, len(b) :] == tk.PAD).all() and not batch.targets[1, len(b) :].any()
-    assert batch.pos[1].tolist() == list(range(len(a)))
+    assert batch.pos[1, : len(b)].tolist() == list(range(len(b))) and batch.task.tolist() == [0, 0]
+
+
+PAIR = Pair(input=((1, 2),), output=((3,), (4,)))
+
+
+def test_pair_layout_planes_and_targets():
+    seq = tk.encode_pair(PAIR, task=7)
+    B, E, I, O, R = tk.BOS, tk.EOS, tk.IN, tk.OUT, tk.ROW
+    assert seq.tokens.tolist() == [B, I, 1, 2, R, O, 3, R, 4, R, E]
+    assert seq.rows.tolist() == [0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 0]
+    assert seq.cols.tolist() == [0, 0, 0, 1, 2, 0, 0, 1, 0, 1, 0]
+    assert seq.pos.tolist() == [0, 1, 2, 2, 2, 3, 4, 4, 4, 4, 5]  # the planes: no sequence index
+    assert seq.targets.astype(int).tolist() == [0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1]
+    assert seq.task == 7 and seq.n_demos == 0
+    with_inputs = tk.encode_pair(PAIR, input_loss=True)
+    assert with_inputs.targets.astype(int).tolist() == [0, 0, 1, 1, 1, 1, 1, 1, 1, 1, 1]  # input cells, ends, OUT too
+
+
+def test_pair_output_cells_line_up_with_input_cells():
+    pair = Pair(input=((1, 2, 3), (4, 5, 6)), output=((7, 8, 9), (0, 1, 2)))
+    seq = tk.encode_pair(pair)
+    cells_in, cells_out = seq.roles == tk.INPUT, seq.roles == tk.OUTPUT
+    assert (seq.rows[cells_in] == seq.rows[cells_out]).all() and (seq.cols[cells_in] == seq.cols[cells_out]).all()
+    assert set(seq.pos[cells_in]) == {tk.INPUT_PLANE} and set(seq.pos[cells_out]) == {tk.OUTPUT_PLANE}
+
+
+def test_pair_prompt_and_test_input_variants():
+    prompt = tk.encode_pair(Pair(input=PAIR.input), answer=False)
+    assert prompt.tokens.tolist() == [tk.BOS, tk.IN, 1, 2, tk.ROW, tk.OUT] and not prompt.targets.any()
+    generated = [3, tk.ROW]
+    assert tk.next_position("pairs", len(prompt), generated) == (1, 0, tk.OUTPUT_PLANE)
+    assert tk.next_position("context", len(prompt), generated) == (1, 0, len(prompt) + 2)
+    inputs_only = tk.encode_pair(Pair(input=PAIR.input), answer=False, input_loss=True)  # a test input, no output
+    assert inputs_only.targets.astype(int).tolist() == [0, 0, 1, 1, 1, 1]
+    with pytest.raises(TaskError, match="no output"):
+        tk.encode_pair(Pair(input=PAIR.input))
+    with pytest.raises(TaskError, match="needs 11 tokens"):
+        tk.encode_pair(PAIR, max_len=10)
+
+
+def test_grid_room_bounds_every_orientation():
+    grid = ((1, 2, 3),)
+    assert tk.grid_room(grid) == max(tk.grid_length(grid), tk.grid_length(((1,), (2,), (3,)))) == 6

@@ -8,19 +8,21 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from pydantic import ValidationError
 from typer.testing import CliRunner
 
 import onn_arc.cli.train  # noqa: F401  (registers the command)
 from onn_arc import train as tr
+from onn_arc.augment import Augmentation
 from onn_arc.checkpoint import COUNTED, load_checkpoint, save_checkpoint
 from onn_arc.cli.app import app
-from onn_arc.config import ModelConfig, OptimizerConfig, SolveConfig, TrainConfig
-from onn_arc.data import load_split, resolve_task
+from onn_arc.config import AugmentConfig, ModelConfig, OptimizerConfig, SolveConfig, TrainConfig
+from onn_arc.data import load_source, load_split, resolve_task
 from onn_arc.errors import ConfigError, LeakageError, TrainingError
 from onn_arc.evaluate import evaluate
 from onn_arc.losses import main_loss
 from onn_arc.model import TinyONN
-from onn_arc.tokens import PAD, Batch
+from onn_arc.tokens import INPUT_PLANE, N_COLOURS, OUTPUT_PLANE, PAD, Batch
 
 DATA = "data"  # the bundled example tasks: small, fast
 
@@ -328,3 +330,69 @@ def test_cli_init_refusals_are_one_line(stage1, tmp_path, args, match):
 def test_cli_init_from_a_missing_checkpoint(tmp_path):
     result = _train("--init", str(tmp_path / "nothing"), "--out", str(tmp_path / "run"))
     assert result.exit_code == 1 and "no such checkpoint folder" in result.stderr
+
+
+PAIRS_MODEL = ModelConfig.preset("tiny", max_len=256, format="pairs")
+
+
+def test_pool_entries_bound_their_length_in_every_orientation():
+    context, _ = tr.build_pool([DATA], [])
+    pairs, _ = tr.build_pool([DATA], [], "pairs", input_loss=True)
+    for ex in context + pairs:
+        for d in range(8):
+            aug = Augmentation(d, tuple(range(10)), tuple(range(len(ex.task.train))))
+            assert len(ex.encode(aug, 10_000)) <= ex.length
+
+
+def test_pair_pool_gives_each_task_a_code():
+    pool, data = tr.build_pool([DATA], [], "pairs")
+    tasks = load_source(DATA)
+    assert tr.pool_task_ids(pool) == tuple(t.id for t in tasks)
+    for task in tasks:  # demos and test pairs; the puzzle without answers gives its demos only
+        entries = [ex for ex in pool if ex.task.id == task.id]
+        assert {ex.code for ex in entries} == {tr.pool_task_ids(pool).index(task.id)}
+        assert [ex.pair for ex in entries] == list(task.train + task.test if task.has_test_outputs else task.train)
+    assert data.task_ids_with_test_outputs == sorted(t.id for t in tasks if t.has_test_outputs)
+
+
+def test_demo_source_test_outputs_never_reach_a_pair_batch(tmp_path):
+    secret = [[9] * 7] * 5  # the only 5×7 grid: what must never be trained on
+    demos = [{"input": [[1, 2], [3, 4]], "output": [[4, 3], [2, 1]]}, {"input": [[5, 6], [7, 8]], "output": [[8, 7], [6, 5]]}]
+    path = tmp_path / "secret.json"
+    path.write_text(json.dumps({"train": demos, "test": [{"input": [[1] * 3] * 3, "output": secret}]}))
+    for input_loss in (False, True):
+        pool, data = tr.build_pool([], [str(path)], "pairs", input_loss)
+        assert data.task_ids_with_test_outputs == []
+        rng = np.random.default_rng(0)
+        outputs, inputs = set(), set()
+        for _ in range(30):
+            b = tr.sample_batch(pool, rng, 64, 256, AugmentConfig())
+            cells = b.tokens < N_COLOURS
+            outputs |= set(((cells & (b.pos == OUTPUT_PLANE)).sum(1)).tolist())
+            inputs |= set(((cells & (b.pos == INPUT_PLANE)).sum(1)).tolist())
+        assert outputs <= {0, 4}  # demo outputs, and test inputs without any output
+        assert (9 in inputs) == input_loss  # the test input is trained on only with the input loss
+    eval_pool, _ = tr.build_pool([], ["arc1-eval"], "pairs", input_loss=True)
+    assert all(ex.pair.output is None for ex in eval_pool if ex.pair not in ex.task.train)
+
+
+def test_pair_format_trains_and_resumes_with_its_task_codes(tmp_path):
+    cfg = _cfg(model=PAIRS_MODEL, steps=2, checkpoint_every=100, input_loss=True)
+    losses = []
+    tr.prepare(cfg, tmp_path).fit(lambda step, m: losses.append(m["main"]))
+    assert all(np.isfinite(losses))
+    model = load_checkpoint(tmp_path / "checkpoint").model
+    assert model.cfg.task_ids == tuple(t.id for t in load_source(DATA))
+    resumed = tr.prepare(cfg.model_copy(update={"steps": 3}), tmp_path, resume=True)
+    assert resumed.step == 2 and resumed.model.cfg.task_ids == model.cfg.task_ids
+    with pytest.raises(ValidationError, match="input_loss"):
+        _cfg(input_loss=True)
+
+
+def test_cli_trains_the_pair_format(tmp_path):
+    args = ["train", "--source", DATA, "--size", "tiny", "--max-len", "256", "--steps", "1", "--device", "cpu"]
+    ok = CliRunner().invoke(app, [*args, "--out", str(tmp_path / "a"), "--format", "pairs", "--input-loss"])
+    assert ok.exit_code == 0, ok.output
+    assert load_checkpoint(tmp_path / "a" / "checkpoint").meta.model.format == "pairs"
+    bad = CliRunner().invoke(app, [*args, "--out", str(tmp_path / "b"), "--input-loss"])
+    assert bad.exit_code == 1 and "input_loss" in bad.output

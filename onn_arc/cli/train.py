@@ -53,6 +53,8 @@ def train_command(
     demo_source: Annotated[list[str] | None, Opt(help="Data of which only the demos are used (repeatable), e.g. arc1-eval.")] = None,
     size: Annotated[str | None, Opt(help="Model preset: tiny, small or base.")] = None,
     arch: Annotated[str | None, Opt(help="onn (Sparse Bayesian Layers) or dense (the baseline).")] = None,
+    format: Annotated[str | None, Opt("--format", help="context (demos in context) or pairs (a sequence per pair, a learned code per task).")] = None,
+    input_loss: Annotated[bool | None, Opt("--input-loss/--no-input-loss", help="pairs: the loss on input grids too, and demo sources' test inputs.")] = None,
     d_model: Annotated[int | None, Opt(help="Override the preset's width.")] = None,
     n_layers: Annotated[int | None, Opt(help="Override the preset's depth.")] = None,
     max_len: Annotated[int | None, Opt(help="Override the preset's context length in tokens.")] = None,
@@ -89,7 +91,8 @@ def train_command(
     if config is not None:
         base |= _read_config(config)
     flags = {
-        "sources": source, "demo_sources": demo_source, "model.arch": arch, "model.d_model": d_model,
+        "sources": source, "demo_sources": demo_source, "model.arch": arch, "model.format": format,
+        "input_loss": input_loss, "model.d_model": d_model,
         "model.n_layers": n_layers, "model.max_len": max_len, "optimizer.name": optimizer, "optimizer.lr": lr,
         "batch_tokens": batch_tokens, "steps": steps, "seconds": seconds, "warmup_steps": warmup_steps,
         "loss.gate_weight": gate_weight, "loss.kl_weight": kl_weight, "checkpoint_every": checkpoint_every, "seed": seed,
@@ -98,7 +101,8 @@ def train_command(
     if augment is not None:
         flags |= {f"augment.{k}": augment for k in ("dihedral", "colours", "shuffle")}
     if size is not None:
-        base["model"] = ModelConfig.preset(size).model_dump() | {k: v for k, v in base.get("model", {}).items() if k == "arch"}
+        kept = {k: v for k, v in base.get("model", {}).items() if k in ("arch", "format")}
+        base["model"] = ModelConfig.preset(size).model_dump() | kept
     for key, value in flags.items():
         if value is not None:
             _set(base, key, value)
@@ -127,7 +131,7 @@ def _run(run: Run, device: torch.device, show: bool) -> None:
     if show:
         m = cfg.model
         err.print(
-            f"training {m.arch} d={m.d_model} layers={m.n_layers} ctx={m.max_len} with {cfg.optimizer.name} "
+            f"training {m.arch} ({m.format}) d={m.d_model} layers={m.n_layers} ctx={m.max_len} with {cfg.optimizer.name} "
             f"on {', '.join(cfg.sources)}{' + demos of ' + ', '.join(cfg.demo_sources) if cfg.demo_sources else ''} "
             f"→ {paths.root}  ({device}, {resolve_precision(cfg.precision, device)})"
             + (f"; stage {len(run.earlier) + 1}, from weights {run.init_sha256[:12]}" if run.init_sha256 else ""),
