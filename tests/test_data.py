@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 from onn_arc.data import (
+    DEV_IDS,
     SPLITS,
     Pair,
     Task,
@@ -274,3 +275,9 @@ def test_kaggle_challenge_error_names_the_task(tmp_path):
     assert failure(TaskError, load_source, str(path)) == (
         f"{path}: cccc0003: train[0].input: ragged rows (row 1 has 1 cells, row 0 has 2)"
     )
+
+
+def test_the_dev_split_and_its_complement_partition_arc1_train():
+    train, dev, rest = (load_split(n) for n in ("arc1-train", "arc1-dev", "arc1-train-nodev"))
+    assert len(dev) == len(DEV_IDS) == 80 and len(rest) == 320
+    assert {t.id for t in dev} == DEV_IDS and sorted(t.id for t in dev + rest) == [t.id for t in train]
