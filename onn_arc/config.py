@@ -33,6 +33,8 @@ class ModelConfig(BaseModel):
     vocab_size: int = Field(default=tokens.VOCAB_SIZE, ge=tokens.VOCAB_SIZE)  # token ids 0..vocab_size-1
     format: tokens.Format = "context"  # demos in context, or one sequence per pair with a learned task code (§3b)
     task_ids: tuple[str, ...] = ()  # pairs: the task of each row of the task-code table (its size is their number)
+    task_codes: bool = True  # pairs: add the task's code to every token (False: the ablation without codes)
+    planes: bool = True  # pairs: rotary over the plane too (False: (row, column) only, the 2-D ablation)
 
     @model_validator(mode="after")
     def _head_dim(self) -> "ModelConfig":
@@ -45,6 +47,8 @@ class ModelConfig(BaseModel):
             raise ValueError(f"task_ids: task codes are for format='pairs', not '{self.format}'")
         if len(set(self.task_ids)) != len(self.task_ids):
             raise ValueError("task_ids: a task id appears twice")
+        if self.format != "pairs" and not (self.task_codes and self.planes):
+            raise ValueError(f"task_codes and planes are switches of format='pairs', not '{self.format}'")
         return self
 
     @property

@@ -24,7 +24,8 @@ Read bottom-up: SBL -> Linear -> Attention (DynSIHA) -> FFN (MoIE) -> Block -> T
                       every token, and output cell (r, c) sits one plane offset from input cell (r, c).
 - format="pairs" conditions on the task: a learned code per task (`task_codes`, one row per `cfg.task_ids`) is added
   to every token of the sequence, looked up by the sequence's task index. `add_task_code` grows the table for a task
-  the model never saw (test-time training learns its code).
+  the model never saw (test-time training learns its code). Two switches exist for the format comparison only:
+  `cfg.task_codes=False` (no code) and `cfg.planes=False` (the plane is withheld from the rotary: 2-D positions).
 - arch="dense" is the baseline: every SBL becomes a plain Linear, everything else stays.
 - KVCache is preallocated per layer; crop(n) backtracks. Cached decoding computes exactly what the full forward
   computes (same positions, same maths), one token at a time or in chunks.
@@ -247,7 +248,7 @@ class TinyONN(nn.Module):
         self.row_emb = nn.Embedding(MAX_COORD + 1, d)
         self.col_emb = nn.Embedding(MAX_COORD + 1, d)
         embeddings = [self.tok_emb, self.row_emb, self.col_emb]
-        if cfg.format == "pairs":
+        if self.has_codes:
             self.task_codes = nn.Embedding(cfg.n_task_codes, d)
             embeddings.append(self.task_codes)
         for emb in embeddings:
@@ -272,16 +273,21 @@ class TinyONN(nn.Module):
         if past + t > self.cfg.max_len:
             raise ValueError(f"{past} cached + {t} new tokens exceed the context max_len={self.cfg.max_len}")
         x = self.tok_emb(tokens) + self.row_emb(rows) + self.col_emb(cols)  # (B, T, D)
-        if self.cfg.format == "pairs":
+        if self.has_codes:
             if task is None:
                 raise ValueError("the pair format needs each sequence's task-code index (task=)")
             x = x + self.task_codes(task)[:, None]  # (B, 1, D) broadcast over the sequence
-        rope = self.rotary(pos, rows, cols)
+        rope = self.rotary(pos if self.cfg.planes else torch.zeros_like(pos), rows, cols)
         for block in self.blocks:
             x = block(x, rope, cache)
         if cache is not None:
             cache.advance(t)
         return self.head(self.norm(x))  # (B, T, V)
+
+    @property
+    def has_codes(self) -> bool:
+        """Whether a learned task code is added to every token (pairs format, unless switched off)."""
+        return self.cfg.format == "pairs" and self.cfg.task_codes
 
     def add_task_code(self, task_id: str, init: Literal["mean", "zero"] = "mean") -> int:
         """Append a code for a task the model never saw, initialised to the mean of the trained codes (zero when
@@ -290,11 +296,12 @@ class TinyONN(nn.Module):
             raise ValueError(f"task codes are for format='pairs', this model is '{self.cfg.format}'")
         if task_id in self.cfg.task_ids:
             raise ValueError(f"task '{task_id}' already has code {self.cfg.task_ids.index(task_id)}")
-        old = self.task_codes.weight.detach()  # (N, D)
-        new = old.mean(0, keepdim=True) if init == "mean" and len(old) else old.new_zeros(1, old.shape[1])  # (1, D)
-        self.task_codes = nn.Embedding.from_pretrained(torch.cat([old, new]), freeze=False)
+        if self.has_codes:
+            old = self.task_codes.weight.detach()  # (N, D)
+            new = old.mean(0, keepdim=True) if init == "mean" and len(old) else old.new_zeros(1, old.shape[1])  # (1, D)
+            self.task_codes = nn.Embedding.from_pretrained(torch.cat([old, new]), freeze=False)
         self.cfg = self.cfg.model_copy(update={"task_ids": (*self.cfg.task_ids, task_id)})
-        return len(old)
+        return len(self.cfg.task_ids) - 1
 
     def routed_layers(self) -> list[tuple[str, SBL]]:
         """Every SBL with its name (empty for the dense baseline)."""

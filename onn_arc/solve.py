@@ -161,8 +161,8 @@ def _ttt_optimizer(tuned: TinyONN, cfg: SolveConfig) -> torch.optim.Optimizer:
     """The optimizer of every parameter, or (ttt_params="code") AdamW on the task codes alone, the rest frozen."""
     if cfg.ttt_params == "all":
         return make_optimizer(tuned, cfg.optimizer)
-    if tuned.cfg.format != "pairs":
-        raise ConfigError("ttt_params='code': only the pair format has task codes")
+    if not tuned.has_codes:
+        raise ConfigError("ttt_params='code': this model has no task codes (only the pair format with codes does)")
     tuned.requires_grad_(False)
     codes = tuned.task_codes.weight.requires_grad_(True)
     o = cfg.optimizer

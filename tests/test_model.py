@@ -10,7 +10,7 @@ from onn_arc.config import LossConfig, ModelConfig
 from onn_arc.data import find_task
 from onn_arc.errors import ConfigError
 from onn_arc.model import SBL, KVCache, Linear, TinyONN
-from onn_arc.tokens import collate, encode_pair, encode_task
+from onn_arc.tokens import BOS, EOS, IN, OUT, ROW, collate, encode_pair, encode_task
 
 
 @pytest.fixture(scope="module")
@@ -254,3 +254,25 @@ def test_config_validation_names_the_field_and_value():
         ModelConfig.preset("tiny", format="pairs", task_ids=("a", "a"))
     cfg = ModelConfig.preset("base")
     assert ModelConfig(**cfg.model_dump()) == cfg
+
+
+def test_pair_format_switches_drop_the_code_or_the_plane():
+    base = ModelConfig.preset("tiny", format="pairs", task_ids=("a", "b"))
+    seq = torch.tensor([[BOS, IN, 1, ROW, OUT, 2, ROW, EOS]])
+    rows, cols = torch.zeros_like(seq), torch.tensor([[0, 0, 0, 1, 0, 0, 1, 0]])
+    planes, flat = torch.tensor([[0, 1, 2, 2, 3, 4, 4, 5]]), torch.zeros_like(seq)
+
+    def logits(cfg: ModelConfig, pos: torch.Tensor, task: int) -> torch.Tensor:
+        torch.manual_seed(0)
+        with torch.no_grad():
+            return TinyONN(cfg).eval()(seq, rows, cols, pos, task=torch.tensor([task]))
+
+    no_code, no_plane = base.model_copy(update={"task_codes": False}), base.model_copy(update={"planes": False})
+    assert not torch.equal(logits(base, planes, 0), logits(base, planes, 1))
+    assert torch.equal(logits(no_code, planes, 0), logits(no_code, planes, 1))  # the task changes nothing
+    assert not torch.equal(logits(base, planes, 0), logits(base, flat, 0))
+    assert torch.equal(logits(no_plane, planes, 0), logits(no_plane, flat, 0))  # nor do the planes
+    codeless = TinyONN(no_code)
+    assert not hasattr(codeless, "task_codes") and codeless.add_task_code("c") == 2
+    with pytest.raises(ConfigError, match="switches of format='pairs'"):
+        ModelConfig.preset("tiny", task_codes=False)
