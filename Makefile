@@ -4,7 +4,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed-stamp
 ONNARC := $(VENV)/bin/onn-arc
 
-.PHONY: install test test-all run ship bench-model bench-optim bench-fit bench-solve ablations clean
+.PHONY: install test test-all run ship bench-model bench-optim bench-fit bench-solve ablations bench-formats clean
 
 $(PY):
 	python3 -m venv $(VENV)
@@ -45,6 +45,10 @@ bench-solve: $(STAMP)
 # Training and solving ablations on one budget and subset (about an hour on 2 cores; resumable).
 ablations: $(STAMP)
 	$(PY) bench/ablations.py
+
+# The format comparison: in-context vs the pair format and its parts, equal training time, scored on arc1-dev (resumable).
+bench-formats: $(STAMP)
+	$(PY) bench/formats.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info

@@ -1,9 +1,9 @@
 """Model speed on the CPU: training tokens/s (Tiny-ONN vs the dense baseline, fp32 and bf16), decode tokens/s with and
 without cache, and how much of a training batch is real tokens.
 
-    python bench/model.py        (make bench-model)
+    python bench/model.py [--threads 2]        (make bench-model)
 
-Training: one ~1k-token real ARC-AGI-1 task per step, base preset, 2 threads, both archs timed interleaved in
+Training: one ~1k-token real ARC-AGI-1 task per step, base preset, `--threads` threads, both archs timed interleaved in
 one process; a step is `forward_backward` (main loss, surprise, gate and KL losses; no optimizer), and plain
 model forward+backward is shown beside it. The speed ratio is the median of the paired per-round ratios. Where the CPU
 has bf16 instructions, `forward_backward` also runs under bf16 autocast in the same rounds (`bf16_speedup`, the median
@@ -14,6 +14,7 @@ sequence; that is timed on evenly spaced steps and averaged (the mean step time 
 Shared machines are noisy: every number is a median over rounds. Ends with one `RESULT key=value ...` line.
 """
 
+import argparse
 import os
 import statistics
 import time
@@ -32,7 +33,6 @@ from onn_arc.model import KVCache, TinyONN
 from onn_arc.precision import autocast, resolve
 from onn_arc.tokens import PAD, Batch, collate, encode_task, grid_length
 
-THREADS = 2
 TRAIN_ROUNDS = 15  # interleaved training steps per arch (after one warm-up round)
 DECODE_ROUNDS = 3  # interleaved decode runs per arch
 FULL_SAMPLES = 10  # no-cache decode steps timed per run, evenly spaced over the output
@@ -111,7 +111,10 @@ def decode_full(model: TinyONN, seq: Batch, prompt_len: int) -> float:
 
 
 def main() -> None:
-    torch.set_num_threads(THREADS)
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--threads", type=int, default=2, help="torch threads")
+    threads = parser.parse_args().threads
+    torch.set_num_threads(threads)
     torch.manual_seed(0)
     console = Console()
     load_before = os.getloadavg()[0]
@@ -163,7 +166,7 @@ def main() -> None:
     fraction = real_token_fraction()
     packed = packed_attention_ratio("bf16" if bf16 else "fp32")
 
-    table = Table(title=f"Tiny-ONN base preset ({THREADS} threads, fp32 unless marked bf16, median of rounds)")
+    table = Table(title=f"Tiny-ONN base preset ({threads} threads, fp32 unless marked bf16, median of rounds)")
     for name in ("measure", *models, "onn / dense"):
         table.add_column(name, justify="left" if name == "measure" else "right")
     table.add_row("parameters", *(f"{m.num_params():,}" for m in models.values()), "")
@@ -188,7 +191,7 @@ def main() -> None:
         f"train: {len(batches)} sequences of {min(map(len, train_seqs))}-{max(map(len, train_seqs))} tokens; "
         f"decode: task {decode_task.id}, prompt {prompt_len} tokens + {OUTPUT_LEN} generated; "
         f"onn activation rate {statistics.mean(rates['onn']):.2f}; 1-min load average {load_before:.1f} before, "
-        f"{os.getloadavg()[0]:.1f} after on {os.cpu_count()} cores (other processes on the cores make {THREADS}-thread "
+        f"{os.getloadavg()[0]:.1f} after on {os.cpu_count()} cores (other processes on the cores make {threads}-thread "
         "timings slow and erratic: every parallel op then waits for a descheduled thread)"
     )
     if bf16:
@@ -217,6 +220,7 @@ def main() -> None:
     }
     if bf16:
         result |= result_bf16
+    result["threads"] = threads
     print("RESULT " + " ".join(f"{k}={v}" for k, v in result.items()))
 
 

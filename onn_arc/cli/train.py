@@ -17,7 +17,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from onn_arc.checkpoint import load_checkpoint
 from onn_arc.cli.app import app
 from onn_arc.cli.common import ThreadsOpt, err, out
-from onn_arc.config import ModelConfig, TrainConfig, one_line
+from onn_arc.config import PRESETS, ModelConfig, TrainConfig, one_line
 from onn_arc.errors import ConfigError
 from onn_arc.precision import resolve as resolve_precision
 from onn_arc.train import Run, RunPaths, prepare, resolve_device
@@ -100,9 +100,8 @@ def train_command(
     }  # fmt: skip
     if augment is not None:
         flags |= {f"augment.{k}": augment for k in ("dihedral", "colours", "shuffle")}
-    if size is not None:
-        kept = {k: v for k, v in base.get("model", {}).items() if k in ("arch", "format")}
-        base["model"] = ModelConfig.preset(size).model_dump() | kept
+    if size is not None:  # the preset's shape; every other model setting (arch, format, ...) stays
+        base["model"] = base.get("model", {}) | ModelConfig.preset(size).model_dump(include=set(PRESETS[size]))
     for key, value in flags.items():
         if value is not None:
             _set(base, key, value)
