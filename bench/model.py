@@ -7,7 +7,9 @@ Training: one ~1k-token real ARC-AGI-1 task per step, base preset, `--threads` t
 one process; a step is `forward_backward` (main loss, surprise, gate and KL losses; no optimizer), and plain
 model forward+backward is shown beside it. The speed ratio is the median of the paired per-round ratios. Where the CPU
 has bf16 instructions, `forward_backward` also runs under bf16 autocast in the same rounds (`bf16_speedup`, the median
-paired ratio; elsewhere the bench says so and reports fp32 only). One sequence per step, so tokens/s are real tokens/s.
+paired ratio; elsewhere the bench says so and reports fp32 only), and so do full training steps on the default
+training batches (8192 padded tokens, length-bucketed: `train_tok_s_fp32`, `train_tok_s_bf16` in real tokens/s and
+their paired ratio `bf16_speedup`).
 Decoding: a 30x30 test output (930 tokens) after a real task prompt, one token per step, feeding the true
 answer (the cost does not depend on which token comes). Without a cache every step reruns the whole
 sequence; that is timed on evenly spaced steps and averaged (the mean step time over all steps).
@@ -37,6 +39,7 @@ TRAIN_ROUNDS = 15  # interleaved training steps per arch (after one warm-up roun
 DECODE_ROUNDS = 3  # interleaved decode runs per arch
 FULL_SAMPLES = 10  # no-cache decode steps timed per run, evenly spaced over the output
 SEQ_LEN = (950, 1100)  # training sequence lengths (tokens)
+BATCH_ROUNDS = 6  # interleaved fp32/bf16 training steps on real batches (after one warm-up round)
 PACKED = 8  # sequences of 512 tokens in the packing-vs-bucketing attention comparison
 OUTPUT_LEN = 930  # a 30x30 grid: 30 rows of 30 cells and a row end
 
@@ -65,16 +68,27 @@ def loss_step(model: TinyONN, batch: Batch, rates: list[float], precision: str =
     model.zero_grad(set_to_none=True)
 
 
-def real_token_fraction(batches: int = 200) -> float:
-    """Real (non-pad) over padded tokens in the first `batches` steps' training batches at the default settings."""
+def training_batches(n: int) -> list[Batch]:
+    """The first `n` steps' training batches at the default settings (arc1-train, 8192 tokens, length-bucketed)."""
     cfg = TrainConfig()
     pool, _ = train.build_pool(cfg.sources, cfg.demo_sources)
-    real = padded = 0
-    for step in range(batches):
-        rng, _ = train.step_generators(cfg.seed, step, 0, torch.device("cpu"))
-        b = train.sample_batch(pool, rng, cfg.batch_tokens, cfg.model.max_len, cfg.augment)
-        real, padded = real + int((b.tokens != PAD).sum()), padded + b.n_tokens
-    return real / padded
+    rngs = (train.step_generators(cfg.seed, step, 0, torch.device("cpu"))[0] for step in range(n))
+    return [train.sample_batch(pool, rng, cfg.batch_tokens, cfg.model.max_len, cfg.augment) for rng in rngs]
+
+
+def real_tokens(b: Batch) -> int:
+    return int((b.tokens != PAD).sum())
+
+
+def precision_rounds(model: TinyONN, batches: list[Batch]) -> dict[str, list[float]]:
+    """Real tokens/s of full training steps (`forward_backward`) on real batches, fp32 and bf16 interleaved."""
+    tok_s: dict[str, list[float]] = {"fp32": [], "bf16": []}
+    for r, batch in enumerate([batches[0], *batches]):  # the first round warms up
+        for precision in tok_s:
+            seconds = timed(lambda: loss_step(model, batch, [], precision))
+            if r:
+                tok_s[precision].append(real_tokens(batch) / seconds)
+    return tok_s
 
 
 def packed_attention_ratio(precision: str) -> float:
@@ -163,8 +177,12 @@ def main() -> None:
                     decode.setdefault(("onn", "cached_bf16"), []).append(decode_cached(models["onn"], seq, prompt_len))
     dec = {key: statistics.median(v) for key, v in decode.items()}
 
-    fraction = real_token_fraction()
+    sampled = training_batches(200)
+    fraction = sum(map(real_tokens, sampled)) / sum(b.n_tokens for b in sampled)
     packed = packed_attention_ratio("bf16" if bf16 else "fp32")
+    if bf16:
+        steps = precision_rounds(models["onn"].train(), sampled[:BATCH_ROUNDS])
+        step_speedup = statistics.median(b / f for b, f in zip(steps["bf16"], steps["fp32"]))
 
     table = Table(title=f"Tiny-ONN base preset ({threads} threads, fp32 unless marked bf16, median of rounds)")
     for name in ("measure", *models, "onn / dense"):
@@ -175,6 +193,9 @@ def main() -> None:
         table.add_row(f"train tok/s: {labels[kind]}", *(f"{tok_s[a, kind]:,.0f}" for a in models), f"{ratio[kind]:.2f}")
     if bf16:
         table.add_row("bf16 speed-up (forward_backward)", *(f"{speedup[a]:.2f}x" for a in models), "")
+        for precision, values in steps.items():
+            table.add_row(f"real tok/s, training batches, {precision}", f"{statistics.median(values):,.0f}", "", "")
+        table.add_row("bf16 speed-up (training batches)", f"{step_speedup:.2f}x", "", "")
     table.add_row("decode tok/s, KV cache", *(f"{dec[a, 'cached']:,.1f}" for a in models), "")
     if bf16:
         table.add_row("decode tok/s, KV cache, bf16", f"{dec['onn', 'cached_bf16']:,.1f}", "", "")
@@ -196,10 +217,11 @@ def main() -> None:
     )
     if bf16:
         result_bf16 = {
-            "train_tok_s_fp32": round(tok_s["onn", "loss"]),
-            "train_tok_s_bf16": round(tok_s["onn", "loss_bf16"]),
-            "bf16_speedup": round(speedup["onn"], 2),
-            "bf16_speedup_dense": round(speedup["dense"], 2),
+            "train_tok_s_fp32": round(statistics.median(steps["fp32"])),
+            "train_tok_s_bf16": round(statistics.median(steps["bf16"])),
+            "bf16_speedup": round(step_speedup, 2),
+            "bf16_speedup_one_seq": round(speedup["onn"], 2),
+            "bf16_speedup_one_seq_dense": round(speedup["dense"], 2),
             "decode_tok_s_cached_bf16": round(dec["onn", "cached_bf16"], 1),
         }
     result = {
