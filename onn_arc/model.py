@@ -31,12 +31,13 @@ Read bottom-up: SBL -> Linear -> Attention (DynSIHA) -> FFN (MoIE) -> Block -> T
 """
 
 import math
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from onn_arc.config import CodeInit, ModelConfig
+from onn_arc.config import ModelConfig
 from onn_arc.tokens import MAX_COORD
 
 
@@ -282,7 +283,7 @@ class TinyONN(nn.Module):
             cache.advance(t)
         return self.head(self.norm(x))  # (B, T, V)
 
-    def add_task_code(self, task_id: str, init: CodeInit = "mean") -> int:
+    def add_task_code(self, task_id: str, init: Literal["mean", "zero"] = "mean") -> int:
         """Append a code for a task the model never saw, initialised to the mean of the trained codes (zero when
         there are none) or to zero; returns its index. Build the optimizer afterwards: the table is a new tensor."""
         if self.cfg.format != "pairs":

@@ -170,6 +170,8 @@ def _ttt_optimizer(tuned: TinyONN, cfg: SolveConfig) -> torch.optim.Optimizer:
     """The optimizer of every parameter, or (ttt_params="code") AdamW on the task codes alone, the rest frozen."""
     if cfg.ttt_params == "all":
         return make_optimizer(tuned, cfg.optimizer)
+    if tuned.cfg.format != "pairs":
+        raise ConfigError("ttt_params='code': only the pair format has task codes")
     tuned.requires_grad_(False)
     codes = tuned.task_codes.weight.requires_grad_(True)
     o = cfg.optimizer
