@@ -154,6 +154,15 @@ class CheckpointMeta(BaseModel):
                 raise ValueError(f"data does not cover the sources and seen test outputs of stage {i}")
         return self
 
+    def demos_trained(self, tasks: Iterable[Task], source: str | None = None) -> list[str]:
+        """Ids of `tasks` whose demos the model trained on (solving them is transductive), in the order given: all of
+        them when `source`, the name they were loaded from, is one of its training sources (every source gives its
+        demos), else those with a task code (pair format; ids are shared across ARC versions, as in `leaks_into`)."""
+        if source is not None and source in self.data.sources:
+            return [task.id for task in tasks]
+        coded = set(self.model.task_ids)
+        return [task.id for task in tasks if task.id in coded]
+
     def totals(self) -> dict[str, Metric | None]:
         """Steps, tokens and step-seconds added up over the stages; None where a stage did not record one."""
         values = {name: [getattr(stage, name) for stage in self.stages] for name in COUNTED}

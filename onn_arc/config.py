@@ -10,6 +10,10 @@ from onn_arc.errors import ConfigError
 from onn_arc.precision import Precision
 
 
+CodeInit = Literal["mean", "zero"]  # pairs: a new task's code starts at the trained codes' mean, or at zero
+TttParams = Literal["all", "code"]  # pairs: test-time training updates every weight, or the task code alone
+
+
 def one_line(exc: ValidationError, source: str) -> str:
     """A pydantic error as one line: `source: field=value: what is wrong`."""
     e = exc.errors(include_url=False)[0]
@@ -156,8 +160,8 @@ class SolveConfig(BaseModel):
     ttt_steps: int = Field(default=32, ge=0)  # test-time training steps on the task's own demos (0 turns it off)
     ttt_seconds: float | None = Field(default=None, gt=0)  # optional wall-clock bound on test-time training
     ttt_batch_tokens: int = Field(default=4096, gt=0)  # padded tokens per test-time training step
-    ttt_params: Literal["all", "code"] = "all"  # pairs: test-time training updates every weight, or the task code alone
-    task_code_init: Literal["mean", "zero"] = "mean"  # pairs: a new task's code starts at the trained codes' mean, or 0
+    ttt_params: TttParams = "all"  # pairs: test-time training updates every weight, or the task code alone
+    task_code_init: CodeInit = "mean"  # pairs: a new task's code starts at the trained codes' mean, or 0
     optimizer: OptimizerConfig = OptimizerConfig(
         lr=1e-3, start_step=2, curvature_every=4, precondition_every=8
     )  # test-time training optimizer (GN preconditions from its 2nd step)

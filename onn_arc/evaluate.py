@@ -9,11 +9,14 @@ A rerun in the same folder skips the tasks already in results.jsonl, so an inter
 same report as an uninterrupted one except for timing fields (`seconds`, `ttt_seconds`, `seconds_per_task`);
 tasks are solved independently, each from the same seed. A checkpoint trained on any of the tasks' test outputs is
 refused (LeakageError) unless `allow_seen` asks for a fit measurement; the report's `seen_tasks` then counts them.
+The report also says whether solving is transductive (the checkpoint trained on the tasks' demos: a pair-format
+model then solves them with their trained task codes) and what the checkpoint's training cost over all its stages.
 
 Beside pass@2 the report carries leading indicators where the truth is known: the best attempt's shape correctness
 and cell accuracy, attempt 1's changed-cell accuracy and the copy-the-input baseline (scoring.py), and the
 teacher-forced loss of the true output (its tokens and the token that ends it) under the model before test-time
-training, with the task as given. Where no task has test outputs nothing is scored and the scores are None.
+training, with the task as given (`teacher_forced_loss`). Where no task has test outputs nothing is scored and the
+scores are None.
 
 Reports and submissions are made from the records alone, so a finished folder is rescored without solving again;
 records of older runs with fewer than two attempts per test are completed by `two_attempts`.
@@ -31,16 +34,16 @@ from typing import Any
 
 import torch
 
-from onn_arc.checkpoint import MODEL_FILE, load_checkpoint
-from onn_arc.config import SolveConfig
+from onn_arc.checkpoint import MODEL_FILE, CheckpointMeta, load_checkpoint
+from onn_arc.config import CodeInit, SolveConfig
 from onn_arc.data import Task
 from onn_arc.errors import ConfigError, LeakageError, TaskError
 from onn_arc.losses import main_loss
 from onn_arc.model import TinyONN
 from onn_arc.precision import Precision, autocast, resolve
 from onn_arc.scoring import Scorer, ScoreSummary, TaskScore, TwoAttempts, write_submission
-from onn_arc.solve import solve_or_copy, two_attempts
-from onn_arc.tokens import OUT, Batch, collate, encode_task
+from onn_arc.solve import check_options, code_of, solve_or_copy, two_attempts, with_task_code
+from onn_arc.tokens import OUT, collate, encode_pair, encode_task
 
 SETTINGS, RESULTS, SUBMISSION, REPORT = "settings.json", "results.jsonl", "submission.json", "report.json"
 TIMING = ("seconds", "ttt_seconds", "seconds_per_task")  # the only fields a resumed run may change
@@ -61,24 +64,31 @@ class Evaluation:
     report: dict[str, Any]  # what report.json holds
 
 
-def teacher_forced_loss(model: TinyONN, task: Task, test_index: int, precision: Precision = "fp32") -> float | None:
+def teacher_forced_loss(
+    model: TinyONN, task: Task, test_index: int, precision: Precision = "fp32", code_init: CodeInit = "mean"
+) -> float | None:
     """Mean cross-entropy of the true output's tokens (cells, row ends, the closing EOS) given everything before,
     with the task as given, the forward in `precision`; None without a test output or when the pair does not fit
-    the context."""
+    the context. Context format: the whole task, the demos' outputs as context only. Pair format: the test pair
+    alone, with the task's trained code when the model has one (it trained on the task's demos: transductive), else
+    with a fresh `code_init` code, as `solve_task` makes before test-time training (`with_task_code`)."""
     if task.test[test_index].output is None:
         return None
+    max_len = model.cfg.max_len
     try:
-        seq = encode_task(task, test_index, max_len=model.cfg.max_len, answer=True)
+        if model.cfg.format == "pairs":
+            model = with_task_code(model, task, code_init)
+            seq = encode_pair(task.test[test_index], code_of(model, task), max_len=max_len)
+        else:
+            seq = encode_task(task, test_index, max_len=max_len, answer=True)
     except TaskError:
         return None
     batch = collate([seq])
     start = int((batch.tokens[0] == OUT).nonzero()[-1]) + 1  # the test output's first token
-    targets = batch.targets.clone()
-    targets[:, :start] = False  # only the test output: the demos' outputs are context here
-    device = next(model.parameters()).device
-    batch = Batch(batch.tokens, batch.rows, batch.cols, batch.pos, targets).to(device)
-    with torch.inference_mode(), autocast(precision, device):
-        logits = model(batch.tokens, batch.rows, batch.cols, batch.pos).float()  # (1, T, V)
+    batch.targets[:, :start] = False  # only the test output: in context, the demos' outputs are context here
+    batch = batch.to(next(model.parameters()).device)
+    with torch.inference_mode(), autocast(precision, batch.tokens.device):
+        logits = model(batch.tokens, batch.rows, batch.cols, batch.pos, task=batch.task).float()  # (1, T, V)
     loss, _ = main_loss(logits, batch.tokens, batch.targets)
     return loss.item()
 
@@ -87,7 +97,7 @@ def run_task(model: TinyONN, task: Task, cfg: SolveConfig) -> dict[str, Any]:
     """Solve one task; its results.jsonl record. A task that cannot be solved (TaskError) is recorded as failed,
     with the copy-the-input guess as its attempts."""
     started = time.perf_counter()
-    tf_loss = [teacher_forced_loss(model, task, i, cfg.precision) for i in range(len(task.test))]
+    tf_loss = [teacher_forced_loss(model, task, i, cfg.precision, cfg.task_code_init) for i in range(len(task.test))]
     solution, error = solve_or_copy(model, task, cfg)
     return {
         "task_id": task.id, **solution.to_json(), "error": error, "tf_loss": tf_loss,
@@ -174,8 +184,11 @@ def _mean(values: list[float]) -> float | None:
     return sum(values) / len(values) if values else None
 
 
-def _report(tasks: list[Task], records: dict[str, dict[str, Any]], settings: dict[str, Any], seen: int) -> Evaluation:
-    """The scores and report.json of finished records, in task order; `seen` tasks were trained on."""
+def _report(
+    tasks: list[Task], records: dict[str, dict[str, Any]], settings: dict[str, Any], checkpoint: dict[str, Any]
+) -> Evaluation:
+    """The scores and report.json of finished records, in task order; the summary ends with `checkpoint`, what
+    `_checkpoint_facts` says about the checkpoint and these tasks."""
     scorer = Scorer()
     rows = []
     for task in tasks:
@@ -199,9 +212,23 @@ def _report(tasks: list[Task], records: dict[str, dict[str, Any]], settings: dic
         "failed": sum(r["error"] is not None for r in rows),
         "tf_loss": _mean([x for r in rows for x in r["tf_loss"] if x is not None]),
         "seconds_per_task": _mean([r["seconds"] for r in rows]),
-        "seen_tasks": seen,  # tasks whose test outputs the checkpoint was trained on (allow_seen)
+        **checkpoint,
     }
     return Evaluation(summary, {"settings": settings, "summary": overview, "tasks": rows})
+
+
+def _checkpoint_facts(meta: CheckpointMeta, tasks: list[Task], source: str | None) -> dict[str, Any]:
+    """What the report says about the checkpoint on these tasks: the tasks whose test outputs it trained on
+    (allow_seen) and whose demos it trained on (`demos_trained`), the mode that makes (inductive: none,
+    transductive: all, mixed) and its training cost over all its stages (`totals`)."""
+    transductive = len(meta.demos_trained(tasks, source))
+    mode = "inductive" if not transductive else "transductive" if transductive == len(tasks) else "mixed"
+    return {
+        "seen_tasks": len(meta.data.leaks_into(tasks)),
+        "transductive_tasks": transductive,
+        "mode": mode,
+        "training": meta.totals(),  # steps, tokens, target/padded tokens, seconds; None where a stage did not record
+    }
 
 
 # ---------------------------------------------------------------- workers
@@ -227,19 +254,22 @@ def evaluate(
     on_task: Callable[[TaskDone], None] | None = None,
     device: str | torch.device = "cpu",
     allow_seen: bool = False,
+    source: str | None = None,
 ) -> Evaluation:
     """Solve and score `tasks` with the checkpoint, resumably, in `out_dir` (see the module docstring).
 
     workers > 1 solves tasks in that many processes (each loads the checkpoint once and uses cores // workers
     threads); workers = 1 runs here with the current torch thread count. `on_task` sees every finished task,
     those resumed from an earlier run first. `allow_seen` scores tasks whose test outputs the checkpoint was
-    trained on (how well it fits its training data, never a score to report as one).
+    trained on (how well it fits its training data, never a score to report as one). `source`, the name the tasks
+    were loaded from, tells whether the checkpoint trained on their demos (`CheckpointMeta.demos_trained`).
     """
     if workers < 1:
         raise ConfigError(f"workers={workers}: must be at least 1")
     if len({t.id for t in tasks}) != len(tasks):
         raise ConfigError("the task list names a task twice")
     loaded = load_checkpoint(checkpoint_folder, device=device)
+    check_options(cfg, loaded.meta.model)
     leaked = loaded.meta.data.leaks_into(tasks)
     if leaked and not allow_seen:
         shown = ", ".join(leaked[:3]) + (", ..." if len(leaked) > 3 else "")
@@ -288,7 +318,7 @@ def evaluate(
                 pool.shutdown(cancel_futures=True)
                 raise
 
-    evaluation = _report(tasks, records, settings, seen=len(leaked))
+    evaluation = _report(tasks, records, settings, _checkpoint_facts(loaded.meta, tasks, source))
     write_submission(out / SUBMISSION, {t.id: _attempts(t, records[t.id]) for t in tasks})
     _write_json(out / REPORT, evaluation.report)
     return evaluation

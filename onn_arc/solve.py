@@ -24,14 +24,13 @@ import copy
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Literal
 
 import numpy as np
 import torch
 
 from onn_arc import decode
 from onn_arc.augment import INVERSE_DIHEDRAL, Augmentation, dihedral_map
-from onn_arc.config import SolveConfig, TrainConfig
+from onn_arc.config import CodeInit, ModelConfig, SolveConfig, TrainConfig
 from onn_arc.data import Grid, Pair, Task
 from onn_arc.errors import ConfigError, TaskError
 from onn_arc.model import TinyONN
@@ -41,6 +40,7 @@ from onn_arc.train import (
     Entry, Example, leave_one_out, lr_factor, make_optimizer, pair_examples, sample_batch, step_generators, train_step,
 )  # fmt: skip
 
+PAIR_OPTIONS = ("ttt_params", "task_code_init")  # SolveConfig fields that only the pair format uses
 Progress = Callable[[str, int, int], None]  # (stage, done, total): "ttt" steps, then "decode" view × test prompts
 
 
@@ -120,7 +120,7 @@ def prompt(task: Task, test_index: int, max_len: int) -> Sequence:
     return encode_task(task, test_index, max_len=max_len - output_room(task), answer=False)
 
 
-def with_task_code(model: TinyONN, task: Task, init: Literal["mean", "zero"]) -> TinyONN:
+def with_task_code(model: TinyONN, task: Task, init: CodeInit) -> TinyONN:
     """Pair format: `model` itself when it has a code for the task (trained on its demos: transductive), else a deep
     copy with a fresh code for it (the model given is never changed). Augmented views keep the task's id, so
     `code_of` finds the code in every view."""
@@ -129,6 +129,15 @@ def with_task_code(model: TinyONN, task: Task, init: Literal["mean", "zero"]) ->
     fresh = copy.deepcopy(model)
     fresh.add_task_code(task.id, init)
     return fresh
+
+
+def check_options(cfg: SolveConfig, model: ModelConfig) -> None:
+    """ConfigError when `cfg` asks for a pair-format option (ttt_params or task_code_init other than its default)
+    and the model is in the context format, which has no task codes."""
+    default = SolveConfig()
+    asked = [f"{k}={getattr(cfg, k)!r}" for k in PAIR_OPTIONS if getattr(cfg, k) != getattr(default, k)]
+    if asked and model.format != "pairs":
+        raise ConfigError(f"{', '.join(asked)}: only the pair format has task codes; this model is '{model.format}'")
 
 
 def code_of(model: TinyONN, task: Task) -> int:
@@ -175,7 +184,9 @@ def fine_tune(
 ) -> tuple[TinyONN, int, float, float | None]:
     """(a fine-tuned deep copy of `model`, steps taken, seconds, last main loss); the model itself when switched
     off or when the task has nothing to train on that fits (context: fewer than two demos). In the pair format
-    `model` must have a code for the task (`with_task_code`)."""
+    `model` must have a code for the task (`with_task_code`); a pair-format option on a context-format model is a
+    ConfigError (`check_options`)."""
+    check_options(cfg, model.cfg)
     max_len = model.cfg.max_len
     pool = _ttt_pool(model, task)
     if cfg.ttt_steps == 0 or not pool:

@@ -14,13 +14,14 @@ import onn_arc.cli.eval  # noqa: F401  (registers the command)
 from onn_arc.checkpoint import TrainingData, load_checkpoint, save_checkpoint
 from onn_arc.cli.app import app
 from onn_arc.config import ModelConfig, OptimizerConfig, SolveConfig
-from onn_arc.data import load_source
+from onn_arc.data import Task, load_source
 from onn_arc.errors import ConfigError, LeakageError
 from onn_arc import evaluate as evaluate_module
 from onn_arc.evaluate import REPORT, RESULTS, TIMING, evaluate, teacher_forced_loss
 from onn_arc.model import TinyONN
 from onn_arc.scoring import BASELINE_KEYS, load_submission
-from onn_arc.tokens import encode_task, grid_length
+from onn_arc.solve import with_task_code
+from onn_arc.tokens import encode_pair, encode_task, grid_length
 
 DATA = Path(__file__).resolve().parents[1] / "data"
 TASKS = load_source(str(DATA))  # 007bbfb7 (too long for a 64-token context), 25ff71a9 (2 tests), 6150a2bd, puzzle-no-answer
@@ -177,6 +178,43 @@ def test_teacher_forced_loss_counts_only_the_true_test_output(checkpoint):
         assert teacher_forced_loss(model, task, i) == pytest.approx(expected, rel=1e-5)
     assert teacher_forced_loss(model, TASKS[3], 0) is None  # no output
     assert teacher_forced_loss(model, TASKS[0], 0) is None  # does not fit the context
+
+
+def test_teacher_forced_loss_in_the_pair_format_scores_the_test_pair_alone_with_the_tasks_code():
+    torch.manual_seed(0)
+    model = TinyONN(ModelConfig.preset("tiny", max_len=64, format="pairs", task_ids=("x", "25ff71a9"))).eval()
+    task = TASKS[1]  # 25ff71a9, code 1
+
+    def expected(m: TinyONN, task: Task, code: int, i: int) -> float:
+        seq = encode_pair(task.test[i], code)
+        args = [torch.as_tensor(a)[None] for a in (seq.tokens, seq.rows, seq.cols, seq.pos)]
+        with torch.no_grad():
+            logits = m(*args, task=torch.tensor([code]))[0]  # (T, V)
+        start = len(seq) - grid_length(task.test[i].output) - 1  # the output's first token; EOS is last
+        return F.cross_entropy(logits[start - 1 : -1], torch.as_tensor(seq.tokens[start:])).item()
+
+    for i in range(2):
+        assert teacher_forced_loss(model, task, i) == pytest.approx(expected(model, task, 1, i), rel=1e-5)
+    new = TASKS[2]  # 6150a2bd: no code, so a fresh one as solve makes it; the model keeps its two
+    fresh = {init: teacher_forced_loss(model, new, 0, code_init=init) for init in ("mean", "zero")}
+    for init in ("mean", "zero"):
+        assert fresh[init] == pytest.approx(expected(with_task_code(model, new, init), new, 2, 0), rel=1e-5)
+    assert fresh["mean"] != fresh["zero"] and model.cfg.task_ids == ("x", "25ff71a9")
+
+
+def test_the_report_says_whether_the_checkpoint_trained_on_the_tasks_demos(uninterrupted, checkpoint, tmp_path):
+    summary = uninterrupted[1]["summary"]
+    assert (summary["mode"], summary["transductive_tasks"]) == ("inductive", 0)
+    assert summary["training"] == load_checkpoint(checkpoint).meta.totals() and summary["training"]["steps"] == 0
+    source = str(DATA / "6150a2bd.json")
+    demos = TrainingData(sources=[source], test_outputs_from=[], demos_only=[source], task_ids_with_test_outputs=[], n_tasks=1)
+    folder = make_checkpoint(tmp_path / "demos", demos)
+    quick = CFG.model_copy(update={"ttt_steps": 0, "views": 1})
+    report = evaluate(folder, load_source(source), quick, tmp_path / "a", source=source).report
+    assert (report["summary"]["mode"], report["summary"]["transductive_tasks"]) == ("transductive", 1)
+    # by another name a context model cannot tell: it has no task codes to go by
+    report = evaluate(folder, TASKS[2:], quick, tmp_path / "b", source=str(DATA)).report
+    assert (report["summary"]["mode"], report["summary"]["transductive_tasks"]) == ("inductive", 0)
 
 
 @pytest.mark.slow

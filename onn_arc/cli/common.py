@@ -7,7 +7,7 @@ import typer
 from pydantic import ValidationError
 from rich.console import Console
 
-from onn_arc.config import SolveConfig, one_line
+from onn_arc.config import CodeInit, SolveConfig, TttParams, one_line
 from onn_arc.errors import ConfigError
 
 # Results go to stdout, progress and logs to stderr. Consoles resolve sys.stdout at
@@ -45,6 +45,13 @@ SamplerOpt = Annotated[
     Literal["greedy", "dfs"], typer.Option(help="greedy: one grid per view; dfs: every grid above --min-prob.")
 ]
 MinProbOpt = Annotated[float, typer.Option(help="dfs: a candidate grid's probability floor.")]
+TttParamsOpt = Annotated[
+    TttParams, typer.Option(help="Pair format: test-time training updates every weight (all) or the task's code alone.")
+]
+CodeInitOpt = Annotated[
+    CodeInit,
+    typer.Option(help="Pair format: a task without a trained code starts from the trained codes' mean or from zero."),
+]
 OutFileOpt = Annotated[
     Path | None,
     typer.Option("--out", help="Write the Kaggle submission {task_id: [...]} of the task(s) here.", show_default=False),
@@ -60,11 +67,14 @@ def solve_config(
     min_prob: float,
     seed: int,
     precision: str = DEFAULT.precision,
+    ttt_params: str = DEFAULT.ttt_params,
+    task_code_init: str = DEFAULT.task_code_init,
 ) -> SolveConfig:
     """The SolveConfig the shared options describe (everything else at its default)."""
     fields = dict(
-        ttt_steps=ttt_steps, ttt_seconds=ttt_seconds, views=views, sampler=sampler, min_prob=min_prob, precision=precision
-    )
+        ttt_steps=ttt_steps, ttt_seconds=ttt_seconds, views=views, sampler=sampler, min_prob=min_prob, precision=precision,
+        ttt_params=ttt_params, task_code_init=task_code_init,
+    )  # fmt: skip
     optimizer = DEFAULT.optimizer.model_dump() | {"name": ttt_optimizer}
     try:
         return SolveConfig.model_validate(fields | {"optimizer": optimizer, "seed": seed})
@@ -75,6 +85,19 @@ def solve_config(
 def number(value: float | None, digits: int = 3) -> str:
     """A score to print; "–" where there is none."""
     return "–" if value is None else f"{value:.{digits}f}"
+
+
+def training_counts(counts: dict[str, Any]) -> str:
+    """Steps, tokens and seconds of a training stage or of a chain (`CheckpointMeta.totals()`'s keys; '?' where not
+    recorded)."""
+
+    def n(name: str, spec: str = ",") -> str:
+        return "?" if counts[name] is None else format(counts[name], spec)
+
+    return (
+        f"{n('steps')} steps · {n('tokens')} tokens ({n('target_tokens')} target, {n('padded_tokens')} padded) · "
+        f"{n('seconds', ',.1f')} s"
+    )
 
 
 def leading_indicators(summary: dict[str, Any]) -> str:

@@ -2,7 +2,7 @@
 
 import re
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import torch
 import typer
@@ -15,6 +15,7 @@ from onn_arc.checkpoint import default_checkpoint
 from onn_arc.cli.app import app
 from onn_arc.cli.common import (
     CheckpointOpt,
+    CodeInitOpt,
     DEFAULT,
     DeviceOpt,
     JsonOpt,
@@ -24,6 +25,7 @@ from onn_arc.cli.common import (
     SeedOpt,
     ThreadsOpt,
     TttOptimizerOpt,
+    TttParamsOpt,
     TttSecondsOpt,
     TttStepsOpt,
     ViewsOpt,
@@ -32,6 +34,7 @@ from onn_arc.cli.common import (
     number,
     out,
     solve_config,
+    training_counts,
 )
 from onn_arc.errors import TaskNotFound
 from onn_arc.evaluate import Evaluation, TaskDone, evaluate
@@ -74,6 +77,18 @@ def default_out(split: str, checkpoint: Path) -> Path:
     return Path("runs") / f"eval-{label}-{name}"
 
 
+def _mode_line(summary: dict[str, Any]) -> str:
+    """One line: whether the checkpoint trained on these tasks' demos (the summary's `mode`), and its training cost
+    over all its stages."""
+    n, trained = summary["n_tasks"], summary["transductive_tasks"]
+    mode = {
+        "inductive": "inductive: the checkpoint never trained on these tasks' demos",
+        "transductive": f"transductive: the checkpoint trained on the demos of these {n} tasks (all of them)",
+        "mixed": f"mixed: the checkpoint trained on the demos of {trained} of these {n} tasks",
+    }[summary["mode"]]
+    return f"{mode} · its training, all stages: {training_counts(summary['training'])}"
+
+
 def _marks(hits: list[bool]) -> str:
     return " ".join("[green]✓[/]" if hit else "[red]✗[/]" for hit in hits)
 
@@ -114,6 +129,8 @@ def eval_command(
     ttt_steps: TttStepsOpt = DEFAULT.ttt_steps,
     ttt_seconds: TttSecondsOpt = DEFAULT.ttt_seconds,
     ttt_optimizer: TttOptimizerOpt = DEFAULT.optimizer.name,
+    ttt_params: TttParamsOpt = DEFAULT.ttt_params,
+    task_code_init: CodeInitOpt = DEFAULT.task_code_init,
     views: ViewsOpt = DEFAULT.views,
     sampler: SamplerOpt = DEFAULT.sampler,
     min_prob: MinProbOpt = DEFAULT.min_prob,
@@ -130,7 +147,9 @@ def eval_command(
     report.json. Interrupted runs resume where they stopped (same --out, same options)."""
     if threads:
         torch.set_num_threads(threads)
-    cfg = solve_config(ttt_steps, ttt_seconds, ttt_optimizer, views, sampler, min_prob, seed, precision)
+    cfg = solve_config(
+        ttt_steps, ttt_seconds, ttt_optimizer, views, sampler, min_prob, seed, precision, ttt_params, task_code_init
+    )
     chosen = select(data.load_source(split), tasks, limit, split)
     folder = checkpoint or default_checkpoint()
     out_dir = out_dir or default_out(split, folder)
@@ -155,13 +174,15 @@ def eval_command(
 
         dev = resolve_device(device)
         evaluation = evaluate(
-            folder, chosen, cfg, out_dir, workers=workers, on_task=on_task, device=dev, allow_seen=allow_seen
+            folder, chosen, cfg, out_dir, workers=workers, on_task=on_task, device=dev, allow_seen=allow_seen,
+            source=split,
         )
 
     summary = evaluation.report["summary"]
     if as_json:
         out.print_json(data=summary)
         return
+    out.print(escape(_mode_line(summary)), soft_wrap=True)
     out.print(_table(evaluation, f"{folder.name} on {split} ({len(chosen)} tasks)"))
     for row in evaluation.report["tasks"]:
         if row["error"]:

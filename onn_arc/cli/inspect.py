@@ -11,10 +11,12 @@ from rich.table import Table
 from onn_arc import data
 from onn_arc.checkpoint import COUNTED, LoadedCheckpoint, Stage, default_checkpoint, load_checkpoint
 from onn_arc.cli.app import app
-from onn_arc.cli.common import JsonOpt, ThreadsOpt, out
+from onn_arc.cli.common import JsonOpt, ThreadsOpt, out, training_counts
+from onn_arc.config import ModelConfig
 from onn_arc.errors import TaskError
 from onn_arc.model import SBL, TinyONN
-from onn_arc.tokens import PAD, collate, encode_task
+from onn_arc.solve import code_of, with_task_code
+from onn_arc.tokens import PAD, Sequence, collate, encode_pair, encode_task
 
 CheckpointArg = Annotated[
     Path | None,
@@ -36,29 +38,41 @@ def parameter_counts(model: TinyONN) -> dict[str, int]:
     return {"total": sum(counts.values()), **counts}
 
 
-def _fitting_tasks(n: int, max_len: int) -> list[data.Task]:
-    """The first `n` ARC-AGI-1 training tasks whose test pair fits the context."""
+def _encode(task: data.Task, cfg: ModelConfig, code: int = 0) -> Sequence:
+    """What the activation rates are measured on: the task with its first test pair last (context format), or that
+    test pair alone with the task's code index `code` (pair format). TaskError when it does not fit the context."""
+    if cfg.format == "pairs":
+        return encode_pair(task.test[0], code, max_len=cfg.max_len)
+    return encode_task(task, max_len=cfg.max_len)
+
+
+def _fitting_tasks(n: int, cfg: ModelConfig) -> list[data.Task]:
+    """The first `n` ARC-AGI-1 training tasks whose encoding (`_encode`) fits the context."""
     chosen = []
     for task in data.load_split("arc1-train"):
         if len(chosen) == n:
             break
         try:
-            encode_task(task, max_len=max_len)
+            _encode(task, cfg)
         except TaskError:
             continue
         chosen.append(task)
     if not chosen:
-        raise TaskError(f"arc1-train: no task fits a context of {max_len} tokens")
+        raise TaskError(f"arc1-train: no task fits a context of {cfg.max_len} tokens")
     return chosen
 
 
 @torch.no_grad()
 def activation_stats(model: TinyONN, n_tasks: int) -> dict[str, Any]:
-    """Mean SBL activation rate per layer (over real tokens) and dead units (never firing) on `n_tasks` tasks."""
+    """Mean SBL activation rate per layer (over real tokens) and dead units (never firing) on `n_tasks` tasks; in the
+    pair format each with its trained code, or a fresh one (on a copy of the model) where it has none."""
     if not model.routed_layers():
         return {"dense": True, "mean_rate": 1.0, "tasks": [], "tokens": 0, "layers": []}
-    tasks = _fitting_tasks(n_tasks, model.cfg.max_len)
-    batch = collate([encode_task(task, max_len=model.cfg.max_len) for task in tasks])
+    tasks = _fitting_tasks(n_tasks, model.cfg)
+    if model.cfg.format == "pairs":
+        for task in tasks:
+            model = with_task_code(model, task, "mean")
+    batch = collate([_encode(task, model.cfg, code_of(model, task)) for task in tasks])
     real = batch.tokens != PAD  # (B, T)
     fired: dict[str, torch.Tensor] = {}  # layer name -> (d_out,) bool: the unit fired on some real token
 
@@ -70,7 +84,7 @@ def activation_stats(model: TinyONN, n_tasks: int) -> dict[str, Any]:
 
     handles = [sbl.register_forward_pre_hook(record(name)) for name, sbl in model.routed_layers()]
     try:
-        model(batch.tokens, batch.rows, batch.cols, batch.pos)
+        model(batch.tokens, batch.rows, batch.cols, batch.pos, task=batch.task)
     finally:
         for handle in handles:
             handle.remove()
@@ -100,18 +114,6 @@ def _ids(ids: list[str]) -> str:
     return f"{len(ids)}: " + ", ".join(ids[:5]) + (", ..." if len(ids) > 5 else "") if ids else "none"
 
 
-def _counts(counts: dict[str, Any]) -> str:
-    """Steps, tokens and seconds of a stage or of a chain ('?' where not recorded)."""
-
-    def n(name: str, spec: str = ",") -> str:
-        return "?" if counts[name] is None else format(counts[name], spec)
-
-    return (
-        f"{n('steps')} steps · {n('tokens')} tokens ({n('target_tokens')} target, {n('padded_tokens')} padded) · "
-        f"{n('seconds', ',.1f')} s"
-    )
-
-
 def _stage_line(i: int, stage: Stage) -> str:
     """One line: the stage's counts, precision, data, starting weights, last save and command lines."""
     d = stage.data
@@ -120,7 +122,7 @@ def _stage_line(i: int, stage: Stage) -> str:
         used.append("demos of " + ", ".join(d.demos_only))
     start = f"from {stage.init_sha256[:12]}" if stage.init_sha256 else "fresh init"
     commands = " ; ".join(stage.commands) or "command not recorded"
-    counts = _counts(stage.model_dump(include=set(COUNTED)))
+    counts = training_counts(stage.model_dump(include=set(COUNTED)))
     data = " + ".join(used) or "no data"
     return f"  {i}. {counts} · {stage.precision or '?'} · {data} · {start} · {stage.saved:%Y-%m-%d %H:%M} · {commands}"
 
@@ -135,7 +137,8 @@ def _render(ckpt: LoadedCheckpoint, params: dict[str, int], activation: dict[str
                 "written by": f"onn-arc {meta.onn_arc_version} (format {meta.format_version})",
                 "created": meta.created.isoformat(timespec="seconds"),
                 "train state": "saved" if ckpt.train_state is not None else "none",
-                **meta.model.model_dump(),
+                **meta.model.model_dump(exclude={"task_ids"}),
+                **({"task codes": meta.model.n_task_codes} if meta.model.format == "pairs" else {}),
             },
         )
     )
@@ -160,7 +163,7 @@ def _render(ckpt: LoadedCheckpoint, params: dict[str, int], activation: dict[str
             },
         )
     )
-    out.print(f"stages: {len(meta.stages)} · total {_counts(meta.totals())}", soft_wrap=True)
+    out.print(f"stages: {len(meta.stages)} · total {training_counts(meta.totals())}", soft_wrap=True)
     for i, stage in enumerate(meta.stages, 1):
         out.print(escape(_stage_line(i, stage)), soft_wrap=True)
     if activation is None:

@@ -19,6 +19,7 @@ from onn_arc.checkpoint import default_checkpoint, load_checkpoint
 from onn_arc.cli.app import app
 from onn_arc.cli.common import (
     CheckpointOpt,
+    CodeInitOpt,
     DEFAULT,
     DeviceOpt,
     JsonOpt,
@@ -29,6 +30,7 @@ from onn_arc.cli.common import (
     SeedOpt,
     ThreadsOpt,
     TttOptimizerOpt,
+    TttParamsOpt,
     TttSecondsOpt,
     TttStepsOpt,
     ViewsOpt,
@@ -41,7 +43,7 @@ from onn_arc.config import SolveConfig
 from onn_arc.errors import ConfigError, TaskNotFound
 from onn_arc.model import TinyONN
 from onn_arc.scoring import Scorer, TaskScore, TwoAttempts, kaggle_json, score_task, write_submission
-from onn_arc.solve import Solution, solve_or_copy, solve_task
+from onn_arc.solve import Solution, check_options, solve_or_copy, solve_task
 from onn_arc.train import resolve_device
 
 TasksArg = Annotated[
@@ -183,6 +185,8 @@ def solve(
     ttt_steps: TttStepsOpt = DEFAULT.ttt_steps,
     ttt_seconds: TttSecondsOpt = DEFAULT.ttt_seconds,
     ttt_optimizer: TttOptimizerOpt = DEFAULT.optimizer.name,
+    ttt_params: TttParamsOpt = DEFAULT.ttt_params,
+    task_code_init: CodeInitOpt = DEFAULT.task_code_init,
     views: ViewsOpt = DEFAULT.views,
     sampler: SamplerOpt = DEFAULT.sampler,
     min_prob: MinProbOpt = DEFAULT.min_prob,
@@ -201,11 +205,14 @@ def solve(
     """
     if threads:
         torch.set_num_threads(threads)
-    cfg = solve_config(ttt_steps, ttt_seconds, ttt_optimizer, views, sampler, min_prob, seed, precision)
+    cfg = solve_config(
+        ttt_steps, ttt_seconds, ttt_optimizer, views, sampler, min_prob, seed, precision, ttt_params, task_code_init
+    )
     tasks = load_tasks(task)
     if explain and len(tasks) > 1:
         raise ConfigError(f"--explain draws one task; {task} holds {len(tasks)}")
     loaded = load_checkpoint(checkpoint or default_checkpoint(), device=resolve_device(device))
+    check_options(cfg, loaded.meta.model)
     if leaked := loaded.meta.data.leaks_into(tasks):
         shown = ", ".join(leaked[:5]) + (", ..." if len(leaked) > 5 else "")
         err.print(f"warning: {loaded.folder} was trained on the test outputs of {shown}", markup=False, soft_wrap=True)
