@@ -132,12 +132,13 @@ def with_task_code(model: TinyONN, task: Task, init: CodeInit) -> TinyONN:
 
 
 def check_options(cfg: SolveConfig, model: ModelConfig) -> None:
-    """ConfigError when `cfg` asks for a pair-format option (ttt_params or task_code_init other than its default)
-    and the model is in the context format, which has no task codes."""
+    """ConfigError when `cfg` asks for a task-code option (ttt_params or task_code_init other than its default)
+    and the model has no task codes (the context format, or the pair format with codes switched off)."""
     default = SolveConfig()
     asked = [f"{k}={getattr(cfg, k)!r}" for k in PAIR_OPTIONS if getattr(cfg, k) != getattr(default, k)]
-    if asked and model.format != "pairs":
-        raise ConfigError(f"{', '.join(asked)}: only the pair format has task codes; this model is '{model.format}'")
+    if asked and not (model.format == "pairs" and model.task_codes):
+        this = model.format if model.task_codes else f"{model.format} without codes"
+        raise ConfigError(f"{', '.join(asked)}: only the pair format has task codes; this model is '{this}'")
 
 
 def code_of(model: TinyONN, task: Task) -> int:
@@ -170,8 +171,6 @@ def _ttt_optimizer(tuned: TinyONN, cfg: SolveConfig) -> torch.optim.Optimizer:
     """The optimizer of every parameter, or (ttt_params="code") AdamW on the task codes alone, the rest frozen."""
     if cfg.ttt_params == "all":
         return make_optimizer(tuned, cfg.optimizer)
-    if not tuned.has_codes:
-        raise ConfigError("ttt_params='code': this model has no task codes (only the pair format with codes does)")
     tuned.requires_grad_(False)
     codes = tuned.task_codes.weight.requires_grad_(True)
     o = cfg.optimizer
