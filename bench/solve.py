@@ -1,6 +1,6 @@
 """Solving speed and accuracy: pass@2 with and without test-time training on a fixed set of ARC-AGI-1 evaluation tasks.
 
-    python bench/solve.py [--checkpoint DIR] [--threads 2]        (make bench-solve)
+    python bench/solve.py [--checkpoint DIR] [--threads 2] [--precision auto]        (make bench-solve)
 
 Tasks: 10 of the 144 ARC-AGI-1 evaluation tasks whose every test pair encodes in <= 1024 tokens, drawn with
 `numpy.random.default_rng(0)` and kept in split order:
@@ -35,6 +35,7 @@ from onn_arc.config import SolveConfig
 from onn_arc.data import Task, load_split
 from onn_arc.errors import OnnArcError
 from onn_arc.evaluate import run_task
+from onn_arc.precision import resolve
 from onn_arc.scoring import Scorer
 from onn_arc.tokens import encode_task
 
@@ -57,6 +58,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--checkpoint", type=Path, default=None, help="checkpoint folder (default: the shipped one)")
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16"], help="test-time training")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     console = Console(stderr=True)
@@ -65,7 +67,7 @@ def main() -> None:
     except OnnArcError as e:
         sys.exit(f"error: {e}")
     tasks = bench_tasks()
-    modes = {"ttt": SolveConfig(), "no_ttt": SolveConfig(ttt_steps=0)}
+    modes = {"ttt": SolveConfig(precision=args.precision), "no_ttt": SolveConfig(ttt_steps=0, precision=args.precision)}
     scorers = {mode: Scorer() for mode in modes}
     records: dict[str, list[dict]] = {mode: [] for mode in modes}
     for n, task in enumerate(tasks, start=1):
@@ -111,6 +113,7 @@ def main() -> None:
         "ttt_batch_tokens": modes["ttt"].ttt_batch_tokens,
         "tasks": len(tasks),
         "threads": args.threads,
+        "precision": resolve(args.precision, "cpu"),
     }
     print("RESULT " + " ".join(f"{k}={v}" for k, v in result.items()))
 
