@@ -327,6 +327,14 @@ def test_cli_init_refusals_are_one_line(stage1, tmp_path, args, match):
     assert result.exit_code == 1 and match in result.stderr and len(result.stderr.strip().splitlines()) == 1
 
 
+def test_cli_resuming_a_spent_budget_says_which(tmp_path):
+    args = ["--out", str(tmp_path), "--source", SECOND, "--size", "tiny", "--max-len", "256", "--batch-tokens", "512"]
+    assert _train(*args, "--steps", "50", "--seconds", "0.001").exit_code == 0  # one step spends the time
+    assert "has used its 0.001 s (raise --seconds)" in _train("--resume", "--out", str(tmp_path)).stdout
+    assert _train("--resume", "--out", str(tmp_path), "--seconds", "60", "--steps", "1").exit_code == 0
+    assert "at step 1 of 1 (raise --steps)" in _train("--resume", "--out", str(tmp_path)).stdout
+
+
 def test_cli_init_from_a_missing_checkpoint(tmp_path):
     result = _train("--init", str(tmp_path / "nothing"), "--out", str(tmp_path / "run"))
     assert result.exit_code == 1 and "no such checkpoint folder" in result.stderr

@@ -156,7 +156,12 @@ def _run(run: Run, device: torch.device, show: bool) -> None:
 
         metrics = run.fit(on_step)
     if show and not metrics:
-        out.print(f"nothing to do: {paths.checkpoint} is already at step {run.step} of {cfg.steps} (raise --steps)")
+        spent = (
+            f"has used its {cfg.seconds:g} s (raise --seconds)"
+            if cfg.seconds and run.elapsed >= cfg.seconds
+            else f"is already at step {run.step} of {cfg.steps} (raise --steps)"
+        )
+        out.print(f"nothing to do: {paths.checkpoint} {spent}", soft_wrap=True)
     elif show:
         out.print(
             f"checkpoint {paths.checkpoint} · loss {metrics['main']:.4f} · acc {metrics['acc']:.4f} · "
