@@ -328,11 +328,12 @@ def test_cli_init_refusals_are_one_line(stage1, tmp_path, args, match):
 
 
 def test_cli_resuming_a_spent_budget_says_which(tmp_path):
-    args = ["--out", str(tmp_path), "--source", SECOND, "--size", "tiny", "--max-len", "256", "--batch-tokens", "512"]
-    assert _train(*args, "--steps", "50", "--seconds", "0.001").exit_code == 0  # one step spends the time
-    assert "has used its 0.001 s (raise --seconds)" in _train("--resume", "--out", str(tmp_path)).stdout
-    assert _train("--resume", "--out", str(tmp_path), "--seconds", "60", "--steps", "1").exit_code == 0
-    assert "at step 1 of 1 (raise --steps)" in _train("--resume", "--out", str(tmp_path)).stdout
+    args = ["--source", SECOND, "--size", "tiny", "--max-len", "256", "--batch-tokens", "512"]
+    for name, budget, said in (("time", "--seconds", "has used its 0.001 s (raise --seconds)"),
+                               ("steps", "--steps", "is already at step 1 of 1 (raise --steps)")):  # fmt: skip
+        out = str(tmp_path / name)
+        assert _train(*args, "--out", out, budget, "0.001" if name == "time" else "1").exit_code == 0
+        assert said in _train("--resume", "--out", out).stdout
 
 
 def test_cli_init_from_a_missing_checkpoint(tmp_path):
