@@ -145,7 +145,8 @@ def test_median_gate_targets_the_less_surprising_half_of_each_token():
     surprise = torch.tensor([[0.1, 0.4, 0.2, 0.3], [5.0, 1.0, 2.0, 3.0]])
     target = torch.tensor([[1.0, 0.0, 1.0, 0.0], [0.0, 1.0, 1.0, 0.0]])
     logits = torch.randn(2, 4)
-    torch.testing.assert_close(GATE_FORMS["median"](logits, surprise), F.binary_cross_entropy_with_logits(logits, target))
+    expected = F.binary_cross_entropy_with_logits(logits, target)
+    torch.testing.assert_close(GATE_FORMS["median"](logits, surprise), expected)
 
 
 def test_only_the_median_gate_form_can_shift_a_tokens_firing_level():
