@@ -4,7 +4,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed-stamp
 ONNARC := $(VENV)/bin/onn-arc
 
-.PHONY: install test test-all run ship bench-model bench-optim bench-fit bench-solve ablations bench-formats clean
+.PHONY: install test test-all run ship bench-model bench-optim bench-fit bench-solve bench-sparsity ablations bench-formats clean
 
 $(PY):
 	python3 -m venv $(VENV)
@@ -41,6 +41,10 @@ bench-fit: $(STAMP)
 
 bench-solve: $(STAMP)
 	$(PY) bench/solve.py
+
+# Does dynamic sparsity emerge? Fitting a few tasks, gate-loss forms at equal time (about 1.5 hours on 2 cores).
+bench-sparsity: $(STAMP)
+	$(PY) bench/sparsity.py
 
 # Training and solving ablations on one budget and subset (about an hour on 2 cores; resumable).
 ablations: $(STAMP)

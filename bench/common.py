@@ -1,5 +1,7 @@
-"""Shared by the benches: teacher-forced scoring of test outputs (loss, cell accuracy, SBL activation rate)."""
+"""Shared by the benches: teacher-forced scoring of test outputs (loss, cell accuracy, SBL activation rate), in
+either sequence format, and one training step as the trainer takes it."""
 
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
 
@@ -7,10 +9,12 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from onn_arc import train
 from onn_arc.data import Task
 from onn_arc.losses import activation_rate, loss_mask
 from onn_arc.model import TinyONN
-from onn_arc.tokens import N_COLOURS, OUT, PAD, Batch, Sequence, collate, encode_task
+from onn_arc.solve import code_of
+from onn_arc.tokens import N_COLOURS, OUT, PAD, Batch, Sequence, collate, encode_pair, encode_task
 
 
 def test_output_sequence(task: Task, test_index: int, max_len: int) -> Sequence:
@@ -20,6 +24,31 @@ def test_output_sequence(task: Task, test_index: int, max_len: int) -> Sequence:
     targets = seq.targets.copy()
     targets[: np.flatnonzero(seq.tokens == OUT)[-1] + 1] = False  # everything up to the test pair's OUT marker
     return replace(seq, targets=targets)
+
+
+def test_sequence(model: TinyONN, task: Task, test_index: int) -> Sequence:
+    """Test pair `test_index` with its output as the only target, in the model's format: the whole task
+    (`test_output_sequence`), or the pair alone with the task's trained code (pairs: the model trained on the task's
+    demos, as in transductive solving)."""
+    if model.cfg.format == "pairs":
+        return encode_pair(task.test[test_index], code_of(model, task), max_len=model.cfg.max_len)
+    return test_output_sequence(task, test_index, model.cfg.max_len)
+
+
+def advance(run: train.Run) -> tuple[dict[str, float], Batch]:
+    """One training step as `Run.fit` takes it (same generators, batch, `train_step`), the lr schedule ending at
+    `run.cfg.seconds`; counts the step and its seconds on `run`; returns its metrics and batch."""
+    cfg = run.cfg
+    started = time.perf_counter()
+    rng, generator = train.step_generators(cfg.seed, run.step, 0, torch.device("cpu"))
+    batch = train.sample_batch(run.pool, rng, cfg.batch_tokens, cfg.model.max_len, cfg.augment)
+    factor = train.lr_factor(run.elapsed / cfg.seconds, run.step, cfg.warmup_steps, cfg.min_lr_ratio)
+    for g in run.opt.param_groups:
+        g["lr"] = g["initial_lr"] * factor
+    metrics = train.train_step(run.model, run.opt, batch, cfg, generator)
+    run.step += 1
+    run.elapsed += time.perf_counter() - started
+    return metrics, batch
 
 
 def batches(seqs: list[Sequence], batch_tokens: int) -> Iterator[Batch]:
@@ -50,7 +79,7 @@ def score(model: TinyONN, seqs: list[Sequence], batch_tokens: int = 8192) -> Sco
     loss, right, rate = 0.0, 0, 0.0
     tokens = cells = valid_tokens = 0
     for b in batches(seqs, batch_tokens):
-        logits = model(b.tokens, b.rows, b.cols, b.pos)  # (B, T, V)
+        logits = model(b.tokens, b.rows, b.cols, b.pos, task=b.task)  # (B, T, V)
         gold = b.tokens.roll(-1, dims=1)  # (B, T): the token each logit predicts
         scored = loss_mask(b.targets)  # (B, T): logits that predict a target token
         on_cells = loss_mask(b.targets & (b.tokens < N_COLOURS))  # (B, T): ... that predict an output cell

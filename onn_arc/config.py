@@ -12,6 +12,7 @@ from onn_arc.precision import Precision
 
 CodeInit = Literal["mean", "zero"]  # pairs: a new task's code starts at the trained codes' mean, or at zero
 TttParams = Literal["all", "code"]  # pairs: test-time training updates every weight, or the task code alone
+GateForm = Literal["softmax", "median"]  # the SML gate loss's form (losses.py): over units, or per unit
 
 
 def one_line(exc: ValidationError, source: str) -> str:
@@ -89,6 +90,7 @@ class LossConfig(BaseModel):
     gate_weight: float = Field(default=0.01, ge=0)  # SML gate loss weight (0 turns it off)
     kl_weight: float = Field(default=0.001, ge=0)  # KL loss weight (0 turns it off); the mean KL per weight reaches ~50
     gate_tokens: int = Field(default=64, gt=0)  # tokens per step (random subset) the gate loss is computed on
+    gate_form: GateForm = "softmax"  # softmax over units (blind to the firing level), or a per-unit median target
 
 
 class AugmentConfig(BaseModel):

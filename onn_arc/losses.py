@@ -6,11 +6,20 @@
   backward (no double backprop), on a random subset of the batch's tokens (`LossConfig.gate_tokens`).
 - Gate loss (SML), per SBL and sampled token, with S a detached target and r the SBL's pre-ReLU route logits
   recomputed from its detached input with mu detached (the gate loss trains the routing, sigma and gate;
-  the main loss alone trains the values mu; its backward costs one small matmul per layer):
+  the main loss alone trains the values mu; its backward costs one small matmul per layer), in one of the
+  `LossConfig.gate_form`s, each averaged over tokens the main loss reached (S not all 0) and over layers:
+    "softmax" (the default):
       p = softmax(-S / mean(S))            dividing by the token's mean S makes p independent of the loss scale
       L = CE(r, argmin S) + KL(p || softmax(r))
-  averaged over tokens the main loss reached (S not all 0) and over layers. The CE pulls up the least
-  surprising unit (exploit), the KL matches the whole ranking (explore); both reach every unit, closed ones too.
+      The CE pulls up the least surprising unit (exploit), the KL matches the whole ranking (explore); both reach
+      every unit, closed ones too. Both see r only through softmax(r), which is blind to a shift of all of a
+      token's logits: the gradients on a token's logits sum to 0, so this form cannot move the firing level.
+    "median": a per-unit target, firing or not:
+      t_i = [S_i <= median_j S_j]          the less surprising half of the token's units (lower median: exactly
+                                           half of them when the S_i are distinct)
+      L = mean_i BCE(sigmoid(r_i), t_i)    r_i > 0 is "unit i fires" (route = relu(r))
+      Each unit is pushed open where it is among the less surprising half and closed where it is not, so the
+      firing level can fall (towards 1/2 where a unit's surprise rank varies with the token) or rise.
 - KL loss: KL(N(mu, σ²) || N(0, s²)) per SBL weight, σ = softplus(sigma), averaged over all SBL weights.
   Prior scale s = SIGMA_INIT · u (σ's initial value, 1), with u = clamp(H / log V, 0.1, 1) and H the mean
   predictive entropy on scored positions (detached): an uncertain model keeps a prior as wide as the init, a
@@ -27,7 +36,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from onn_arc.config import LossConfig
+from onn_arc.config import GateForm, LossConfig
 from onn_arc.model import SBL, SIGMA_INIT, TinyONN
 from onn_arc.precision import Precision, autocast
 from onn_arc.tokens import PAD, Batch
@@ -101,21 +110,33 @@ def sample_tokens(valid: Tensor, k: int) -> Tensor:
     return positions
 
 
-def gate_loss(records: list[tuple[SBL, Tensor, Tensor]]) -> Tensor:
-    """SML: CE(r, argmin S) + KL(softmax(-S / mean S) || softmax(r)) per token, averaged (see module docstring)."""
+def softmax_gate(logits: Tensor, surprise: Tensor) -> Tensor:
+    """CE(r, argmin S) + KL(softmax(-S / mean S) || softmax(r)), averaged over tokens; (K, d_out) each."""
+    log_q = F.log_softmax(logits, dim=-1)  # (K, d_out)
+    log_p = F.log_softmax(-surprise / surprise.mean(-1, keepdim=True), dim=-1)  # (K, d_out)
+    ce = F.nll_loss(log_q, surprise.argmin(-1))
+    return ce + F.kl_div(log_q, log_p, reduction="batchmean", log_target=True)
+
+
+def median_gate(logits: Tensor, surprise: Tensor) -> Tensor:
+    """BCE of sigmoid(r) against [S <= the token's median S], averaged over units and tokens; (K, d_out) each."""
+    target = (surprise <= surprise.median(-1, keepdim=True).values).float()  # (K, d_out)
+    return F.binary_cross_entropy_with_logits(logits, target)
+
+
+GATE_FORMS: dict[GateForm, Callable[[Tensor, Tensor], Tensor]] = {"softmax": softmax_gate, "median": median_gate}
+
+
+def gate_loss(records: list[tuple[SBL, Tensor, Tensor]], form: GateForm = "softmax") -> Tensor:
+    """SML in `form` (see the module docstring) per SBL on the tokens the main loss reached, averaged over layers."""
     if not records:
         raise ValueError("gate_loss: no surprise was recorded")
     terms = []
     for layer, x, surprise in records:
         reached = surprise.sum(-1) > 0  # tokens the main loss depends on
         x, surprise = x[reached], surprise[reached]  # (K', d_in), (K', d_out)
-        if not len(x):
-            continue
-        log_q = F.log_softmax(layer.route_logits(x, train_mu=False), dim=-1)  # (K', d_out)
-        log_p = F.log_softmax(-surprise / surprise.mean(-1, keepdim=True), dim=-1)  # (K', d_out)
-        ce = F.nll_loss(log_q, surprise.argmin(-1))
-        kl = F.kl_div(log_q, log_p, reduction="batchmean", log_target=True)
-        terms.append(ce + kl)
+        if len(x):
+            terms.append(GATE_FORMS[form](layer.route_logits(x, train_mu=False), surprise))
     return torch.stack(terms).mean() if terms else records[0][1].new_zeros(())
 
 
@@ -169,7 +190,7 @@ def forward_backward(
     if curvature is not None:
         curvature(logits, mask)
 
-    gate = gate_loss(recorder.records()) if recording else None
+    gate = gate_loss(recorder.records(), cfg.gate_form) if recording else None
     kl = None
     if layers:
         with torch.set_grad_enabled(cfg.kl_weight > 0):

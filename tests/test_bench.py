@@ -1,4 +1,5 @@
-"""Smoke tests of bench/optim.py and bench/fit.py: their --quick modes run and end with a complete RESULT line."""
+"""Smoke tests of bench/optim.py, bench/fit.py and bench/sparsity.py: their --quick modes run and end with a
+complete RESULT line."""
 
 import math
 import subprocess
@@ -47,3 +48,20 @@ def test_fit_quick_reports_both_archs():
         assert int(r[f"steps_{arch}"]) == 6  # the quick step budget
     assert 0 <= int(r["distinct_colours_predicted"]) <= 10 and 1 <= int(r["distinct_colours_true"]) <= 10
     assert 0 < float(r["activation_rate"]) <= 1 and r["tasks"] == "4"
+
+
+@pytest.mark.slow
+def test_sparsity_quick_reports_every_variant():
+    r = result("sparsity.py")
+    variants = ("dense", "off", "softmax", "median", "median_w1")
+    for v in variants:
+        assert 0 < float(r[f"tf_loss_{v}"]) < math.log(16)  # trained below the uniform guess over the vocabulary
+        assert 0 < float(r[f"activation_rate_{v}"]) <= 1 and 0 <= float(r[f"changed_acc_{v}"]) <= 1
+    assert float(r["activation_rate_dense"]) == 1.0
+    for v in variants[1:]:
+        assert 0 <= float(r[f"inactive_mac_fraction_{v}"]) < 1 and float(r[f"fit_loss_{v}"]) > 0
+    for key in ("activation_rate_fit", "activation_rate_fit_off", "activation_rate_fit_median"):
+        assert 0 < float(r[key]) <= 1
+    assert 0 <= float(r["inactive_mac_fraction"]) < 1
+    assert 0 <= float(r["jaccard_same"]) <= 1 and 0 <= float(r["jaccard_other"]) <= 1
+    assert r["size"] == "tiny" and r["format"] == "pairs" and float(r["seconds"]) > 0 and r["threads"] == "1"

@@ -9,7 +9,9 @@ import torch.nn.functional as F
 from onn_arc.config import LossConfig, ModelConfig
 from onn_arc.data import find_task
 from onn_arc.losses import (
+    GATE_FORMS,
     SurpriseRecorder,
+    activation_rate,
     forward_backward,
     gate_loss,
     kl_loss,
@@ -19,7 +21,7 @@ from onn_arc.losses import (
     uncertainty,
 )
 from onn_arc.model import SBL, SIGMA_INIT, TinyONN
-from onn_arc.tokens import BOS, EOS, N_COLOURS, OUT, ROW, collate, decode_grid, encode_task, next_coordinate
+from onn_arc.tokens import BOS, EOS, N_COLOURS, OUT, PAD, ROW, collate, decode_grid, encode_task, next_coordinate
 
 
 @pytest.fixture(scope="module")
@@ -95,13 +97,20 @@ def test_sample_tokens_picks_valid_positions_only():
     assert len(picked) == 2 and set(picked.tolist()) <= {0, 1, 3} and picked.tolist() == sorted(picked.tolist())
 
 
-def test_gate_loss_alone_trains_sigma_and_gate_only(batch):
-    model = tiny()
-    recorder, _, loss = recorded_step(model, batch, sample_tokens(torch.ones_like(batch.targets), 64))
+def surprise_records(model: TinyONN, batch, k: int = 64) -> list:
+    """The gate loss's input for `batch`: a forward and main backward recording the surprise on k valid tokens,
+    the model's gradients cleared afterwards."""
+    recorder, _, loss = recorded_step(model, batch, sample_tokens(batch.tokens != PAD, k))
     recorder.collecting = True
     loss.backward()
     model.zero_grad(set_to_none=True)
-    gate = gate_loss(recorder.records())
+    return recorder.records()
+
+
+@pytest.mark.parametrize("form", list(GATE_FORMS))
+def test_gate_loss_alone_trains_sigma_and_gate_only(batch, form):
+    model = tiny()
+    gate = gate_loss(surprise_records(model, batch), form)
     assert gate > 0
     gate.backward()
     for _, layer in model.routed_layers():
@@ -122,12 +131,59 @@ def test_gate_loss_can_reopen_a_closed_unit():
     assert layer.gate.grad[0] > 0  # gradient descent lowers its threshold
 
 
-def test_gate_loss_ignores_tokens_the_main_loss_never_reached():
+@pytest.mark.parametrize("form", list(GATE_FORMS))
+def test_gate_loss_ignores_tokens_the_main_loss_never_reached(form):
     layer = SBL(8, 4)
     x, surprise = torch.randn(6, 8), torch.rand(6, 4)
     surprise[3:] = 0  # e.g. padding after the last target
-    torch.testing.assert_close(gate_loss([(layer, x, surprise)]), gate_loss([(layer, x[:3], surprise[:3])]))
-    assert gate_loss([(layer, x[3:], surprise[3:])]) == 0
+    loss = gate_loss([(layer, x, surprise)], form)
+    torch.testing.assert_close(loss, gate_loss([(layer, x[:3], surprise[:3])], form))
+    assert gate_loss([(layer, x[3:], surprise[3:])], form) == 0
+
+
+def test_median_gate_targets_the_less_surprising_half_of_each_token():
+    surprise = torch.tensor([[0.1, 0.4, 0.2, 0.3], [5.0, 1.0, 2.0, 3.0]])
+    target = torch.tensor([[1.0, 0.0, 1.0, 0.0], [0.0, 1.0, 1.0, 0.0]])
+    logits = torch.randn(2, 4)
+    expected = F.binary_cross_entropy_with_logits(logits, target)
+    torch.testing.assert_close(GATE_FORMS["median"](logits, surprise), expected)
+
+
+def test_only_the_median_gate_form_can_shift_a_tokens_firing_level():
+    """A shift of all of a layer's thresholds moves every route logit alike: the softmax form's gradient has no
+    component along it (its per-token logit gradients sum to 0), the median form's does."""
+    torch.manual_seed(0)
+    layer = SBL(8, 6)
+    x, surprise = torch.randn(16, 8), torch.rand(16, 6)
+    shift = {}
+    for form in GATE_FORMS:
+        layer.zero_grad(set_to_none=True)
+        gate_loss([(layer, x, surprise)], form).backward()
+        shift[form] = layer.gate.grad.sum().item()
+    assert abs(shift["softmax"]) < 1e-6
+    assert shift["median"] < -0.1  # every logit starts ~1 (all units fire): descent raises the thresholds
+
+
+def rate_after_gate_training(batch, form: str, steps: int = 40) -> float:
+    """Activation rate of a tiny model after `steps` Adam steps on sigma and gate with the gate loss in `form`
+    alone (the values mu stay put; the surprise is re-read each step)."""
+    torch.manual_seed(0)
+    model = tiny()
+    routed = [p for _, layer in model.routed_layers() for p in (layer.sigma, layer.gate)]
+    opt = torch.optim.Adam(routed, lr=0.05)
+    for _ in range(steps):
+        gate_loss(surprise_records(model, batch), form).backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+    with torch.no_grad():
+        model(batch.tokens, batch.rows, batch.cols, batch.pos)
+    return activation_rate([layer for _, layer in model.routed_layers()], batch.tokens != PAD)
+
+
+def test_median_gate_loss_alone_lowers_the_activation_rate(batch):
+    """The softmax form can only spread a token's logits (0.77 here); the median form closes about half the units."""
+    median, softmax = rate_after_gate_training(batch, "median"), rate_after_gate_training(batch, "softmax")
+    assert median < 0.6 and softmax - median > 0.2
 
 
 def test_kl_loss_matches_torch_distributions_and_trains_sigma():

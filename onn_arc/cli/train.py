@@ -66,6 +66,7 @@ def train_command(
     warmup_steps: Annotated[int | None, Opt(help="Linear lr warm-up steps.")] = None,
     gate_weight: Annotated[float | None, Opt(help="Weight of the SML gate loss (0: off).")] = None,
     kl_weight: Annotated[float | None, Opt(help="Weight of the KL loss (0: off).")] = None,
+    gate_form: Annotated[str | None, Opt(help="Gate loss form: softmax (over units) or median (per unit: can move the firing level).")] = None,
     augment: Annotated[bool | None, Opt("--augment/--no-augment", help="Random dihedral, colour and demo-order transforms.")] = None,
     checkpoint_every: Annotated[int | None, Opt(help="Steps between checkpoints.")] = None,
     seed: Annotated[int | None, Opt(help="Seed for init, data order, augmentations and sampling.")] = None,
@@ -95,7 +96,8 @@ def train_command(
         "input_loss": input_loss, "model.d_model": d_model,
         "model.n_layers": n_layers, "model.max_len": max_len, "optimizer.name": optimizer, "optimizer.lr": lr,
         "batch_tokens": batch_tokens, "steps": steps, "seconds": seconds, "warmup_steps": warmup_steps,
-        "loss.gate_weight": gate_weight, "loss.kl_weight": kl_weight, "checkpoint_every": checkpoint_every, "seed": seed,
+        "loss.gate_weight": gate_weight, "loss.kl_weight": kl_weight,
+        "loss.gate_form": gate_form, "checkpoint_every": checkpoint_every, "seed": seed,
         "precision": precision,
     }  # fmt: skip
     if augment is not None:
