@@ -45,7 +45,7 @@ def _weights(run: tr.Run) -> dict[str, torch.Tensor]:
 
 
 @pytest.mark.parametrize("precision", ["fp32", "bf16"])
-@pytest.mark.parametrize("optimizer", ["gn", "adamw"])
+@pytest.mark.parametrize("optimizer", ["gn", "adamw", "muon"])
 def test_interrupted_and_resumed_run_ends_with_the_same_weights(tmp_path, optimizer, precision):
     opt = OptimizerConfig(name=optimizer, curvature_every=1, precondition_every=2, start_step=1)
     whole = tr.prepare(_cfg(optimizer=opt, precision=precision), tmp_path / "whole")
@@ -70,8 +70,9 @@ def test_interrupted_and_resumed_run_ends_with_the_same_weights(tmp_path, optimi
     assert [x["step"] for x in lines] == [1, 2, 3, 4, 5, 6]
 
 
-def test_training_lowers_the_loss(tmp_path):
-    run = tr.prepare(_cfg(steps=30, checkpoint_every=100, optimizer=OptimizerConfig(lr=1e-2)), tmp_path)
+@pytest.mark.parametrize("optimizer", ["gn", "muon"])
+def test_training_lowers_the_loss(tmp_path, optimizer):
+    run = tr.prepare(_cfg(steps=30, checkpoint_every=100, optimizer=OptimizerConfig(name=optimizer, lr=1e-2)), tmp_path)
     losses = []
     run.fit(lambda step, m: losses.append(m["main"]))
     assert np.mean(losses[-5:]) < np.mean(losses[:5]) - 0.2
@@ -325,6 +326,16 @@ def test_cli_init_from_the_shipped_checkpoint_records_the_command(tmp_path, monk
 def test_cli_init_refusals_are_one_line(stage1, tmp_path, args, match):
     result = _train("--init", str(stage1), "--out", str(tmp_path), "--source", SECOND, *args)
     assert result.exit_code == 1 and match in result.stderr and len(result.stderr.strip().splitlines()) == 1
+
+
+def test_cli_trains_with_muon(tmp_path):
+    result = _train("--optimizer", "muon", "--size", "tiny", "--out", str(tmp_path), "--source", DATA, "--max-len", "256",
+                    "--batch-tokens", "512", "--steps", "2")  # fmt: skip
+    assert result.exit_code == 0, result.output
+    saved = load_checkpoint(tmp_path / "checkpoint")
+    assert saved.meta.train_config["optimizer"]["name"] == "muon" and saved.meta.step == 2
+    kinds = [g["kind"] for g in saved.train_state["optimizer"]["param_groups"]]
+    assert kinds == ["matrix", "other"] and "momentum_buffer" in saved.train_state["optimizer"]["state"][0]
 
 
 def test_cli_init_from_a_missing_checkpoint(tmp_path):
