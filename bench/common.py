@@ -10,12 +10,15 @@ import torch.nn.functional as F
 from onn_arc.data import Task
 from onn_arc.losses import activation_rate, loss_mask
 from onn_arc.model import TinyONN
-from onn_arc.tokens import N_COLOURS, OUT, PAD, Batch, Sequence, collate, encode_task
+from onn_arc.tokens import N_COLOURS, OUT, PAD, Batch, Sequence, collate, encode_pair, encode_task
 
 
-def test_output_sequence(task: Task, test_index: int, max_len: int) -> Sequence:
-    """The task with test pair `test_index` last, its targets narrowed to that test output (cells, row ends and
-    the closing EOS): the demos' outputs are only context here."""
+def test_output_sequence(task: Task, test_index: int, max_len: int, code: int | None = None) -> Sequence:
+    """A sequence whose targets are test pair `test_index`'s output (cells, row ends and the closing EOS).
+    Context format (`code` None): the task with that test pair last, the demos' outputs only context. Pair format:
+    the test pair alone with task code `code` (as `evaluate.teacher_forced_loss` scores it)."""
+    if code is not None:
+        return encode_pair(task.test[test_index], code, max_len=max_len)
     seq = encode_task(task, test_index, max_len=max_len)
     targets = seq.targets.copy()
     targets[: np.flatnonzero(seq.tokens == OUT)[-1] + 1] = False  # everything up to the test pair's OUT marker
@@ -50,7 +53,7 @@ def score(model: TinyONN, seqs: list[Sequence], batch_tokens: int = 8192) -> Sco
     loss, right, rate = 0.0, 0, 0.0
     tokens = cells = valid_tokens = 0
     for b in batches(seqs, batch_tokens):
-        logits = model(b.tokens, b.rows, b.cols, b.pos)  # (B, T, V)
+        logits = model(b.tokens, b.rows, b.cols, b.pos, task=b.task)  # (B, T, V)
         gold = b.tokens.roll(-1, dims=1)  # (B, T): the token each logit predicts
         scored = loss_mask(b.targets)  # (B, T): logits that predict a target token
         on_cells = loss_mask(b.targets & (b.tokens < N_COLOURS))  # (B, T): ... that predict an output cell

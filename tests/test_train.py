@@ -329,8 +329,8 @@ def test_cli_init_refusals_are_one_line(stage1, tmp_path, args, match):
 
 
 def test_cli_trains_with_muon(tmp_path):
-    result = _train("--optimizer", "muon", "--size", "tiny", "--out", str(tmp_path), "--source", DATA, "--max-len", "256",
-                    "--batch-tokens", "512", "--steps", "2")  # fmt: skip
+    result = _train("--optimizer", "muon", "--size", "tiny", "--out", str(tmp_path), "--source", DATA,
+                    "--max-len", "256", "--batch-tokens", "512", "--steps", "2")  # fmt: skip
     assert result.exit_code == 0, result.output
     saved = load_checkpoint(tmp_path / "checkpoint")
     assert saved.meta.train_config["optimizer"]["name"] == "muon" and saved.meta.step == 2
