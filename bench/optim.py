@@ -3,12 +3,14 @@ where GN's edge comes from (step time vs progress per step, GN's time split).
 
     python bench/optim.py [--seconds 120] [--seeds 3] [--threads 2] [--precision auto] [--format context|pairs]
         [--size small] [--arch onn] [--lrs 1e-3 3e-3 1e-2] [--muon-lrs ...] [--batch-tokens 4096]
-        [--curvature-every 10] [--precondition-every 50] [--damping 0.1]                      (make bench-optim)
+        [--curvature-every 10] [--precondition-every 50] [--damping 0.1] [--arms adamw gn muon gn_fp32]
+                                                                                             (make bench-optim)
 
 Arms: AdamW, GN (Gauss-Newton preconditioning of the tapped weight matrices, AdamW for the rest) and Muon
 (`torch.optim.Muon` on those matrices, AdamW for the rest; its lr is on AdamW's scale, `optim/muon.py`), each in
 `--precision` (auto: bf16 where the CPU has bf16 instructions); under bf16 a fourth arm, GN in fp32, runs too
-(`bf16_equal_time_loss_ratio`: GN bf16's final held-out loss over GN fp32's, after the same seconds).
+(`bf16_equal_time_loss_ratio`: GN bf16's final held-out loss over GN fp32's, after the same seconds). `--arms`
+runs fewer (AdamW and GN always run; a sweep of GN's settings needs neither Muon nor the fp32 reference).
 `--curvature-every`, `--precondition-every` and `--damping` set GN's curvature and eigenbasis refresh intervals and
 damping (OptimizerConfig), for sweeps by hand.
 
@@ -50,12 +52,13 @@ from unittest import mock
 import numpy as np
 import torch
 from common import score, test_output_sequence  # bench/common.py, beside this script
+from pydantic import ValidationError
 from rich.console import Console
 from rich.table import Table
 
 from onn_arc import train
 from onn_arc.augment import Augmentation
-from onn_arc.config import ModelConfig, OptimizerConfig, TrainConfig
+from onn_arc.config import ModelConfig, OptimizerConfig, TrainConfig, one_line
 from onn_arc.data import Task, load_split
 from onn_arc.optim import GaussNewton, gauss_newton
 from onn_arc.precision import resolve
@@ -67,8 +70,7 @@ HELD_OUT_MAX_TOKENS = 1024  # held-out candidates: every test pair (context: wit
 HELD_OUT_SEED = 0  # the held-out draw and views, the same for every seed
 NEVER = 10**9  # a step budget no run reaches: the wall-clock budget ends every run
 EIGH = gauss_newton.psd_eigh
-OPTIMIZERS = ("adamw", "gn", "muon")  # the arms in --precision (and "gn_fp32" beside them under bf16)
-LABELS = {"adamw": "AdamW", "gn": "GN", "muon": "Muon", "gn_fp32": "GN fp32"}
+LABELS = {"adamw": "AdamW", "gn": "GN", "muon": "Muon", "gn_fp32": "GN fp32"}  # the arms; gn_fp32 only under bf16
 
 
 class Clock:
@@ -164,6 +166,8 @@ def held_out_tasks(n: int, fmt: str) -> list[Task]:
         return len(seq) <= HELD_OUT_MAX_TOKENS
 
     candidates = [t for t in load_split(DEV) if all(fits(t, i) for i in range(len(t.test)))]
+    if n > len(candidates):
+        raise SystemExit(f"--held-out {n}: only {len(candidates)} {DEV} tasks fit {HELD_OUT_MAX_TOKENS} tokens")
     rng = np.random.default_rng(HELD_OUT_SEED)
     return [candidates[i] for i in sorted(rng.choice(len(candidates), n, replace=False))]
 
@@ -249,14 +253,22 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--evals", type=int, default=12, help="held-out evaluations per run, evenly spaced in time")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16"])
+    p.add_argument("--arms", nargs="+", default=list(LABELS), choices=list(LABELS), help="adamw and gn always run")
     p.add_argument("--quick", action="store_true", help="smoke test: tiny preset, 2 seeds, one lr, 0.75 s per run")
     args = p.parse_args(argv)
     if args.quick:
         args.size, args.seconds, args.seeds, args.lrs, args.muon_lrs = "tiny", 0.75, 2, [1e-2], [1e-2]
         args.batch_tokens, args.held_out, args.views, args.evals = 1024, 3, 1, 2
     args.muon_lrs = args.muon_lrs or args.lrs
+    args.arms = list(dict.fromkeys(["adamw", "gn", *args.arms]))
     if args.seeds < 1 or args.seconds <= 0:
         p.error("--seeds and --seconds must be positive")
+    try:
+        for lr in args.lrs + args.muon_lrs:
+            OptimizerConfig(lr=lr, curvature_every=args.curvature_every, precondition_every=args.precondition_every,
+                            damping=args.damping)  # fmt: skip
+    except ValidationError as e:
+        p.error(one_line(e, "optimizer settings"))
     return args
 
 
@@ -264,8 +276,8 @@ def run_trials(args: argparse.Namespace, log: Console) -> tuple[list[Trial], lis
     """Every (arm, lr, seed) run to its budget, stepped interleaved; held-out loss at the start and every
     budget / evals. Returns the trials, the held-out tasks and their number of sequences."""
     precision = resolve(args.precision, "cpu")
-    arms = {name: (name, precision) for name in OPTIMIZERS}
-    if precision == "bf16":
+    arms = {name: (name, precision) for name in args.arms if name != "gn_fp32"}  # name: (optimizer, precision)
+    if precision == "bf16" and "gn_fp32" in args.arms:
         arms["gn_fp32"] = ("gn", "fp32")
     clocks = {arm: Clock() for arm in arms}
     model_cfg = ModelConfig.preset(args.size, arch=args.arch, format=args.format)
@@ -397,23 +409,27 @@ def main(argv: list[str] | None = None) -> None:
     ratios = {
         "gn_steps_ratio": per_seed("gn", "adamw", 0),
         "gn_time_ratio": per_seed("gn", "adamw", 1),
-        "muon_steps_ratio": per_seed("muon", "adamw", 0),
-        "muon_time_ratio": per_seed("muon", "adamw", 1),
-        "gn_vs_muon_time_ratio": per_seed("gn", "muon", 1),
     }
+    if "muon" in best:
+        ratios |= {
+            "muon_steps_ratio": per_seed("muon", "adamw", 0),
+            "muon_time_ratio": per_seed("muon", "adamw", 1),
+            "gn_vs_muon_time_ratio": per_seed("gn", "muon", 1),
+        }
+    optimizers = [arm for arm in arms if arm != "gn_fp32"]
     result = {}
     for key, values in ratios.items():
         result[key], result[f"{key}_spread"] = round(median(values), 3), spread(values)
     result |= {
         "initial_loss": round(median([best["adamw"][s].curve[0][2] for s in seeds]), 4),
-        **{f"{arm}_final_loss": round(finals[arm], 4) for arm in OPTIMIZERS},
+        **{f"{arm}_final_loss": round(finals[arm], 4) for arm in optimizers},
         "loss_ratio_final": round(median([ratio(best["gn"][s].final, targets[s]) for s in seeds]), 4),
         "loss_ratio_half": round(
             median([ratio(best["gn"][s].curve[half][2], best["adamw"][s].curve[half][2]) for s in seeds]), 4
         ),
-        **{f"{arm}_lr": best[arm][0].lr for arm in OPTIMIZERS},
-        **{f"{arm}_steps": round(statistics.median(t.run.step for t in best[arm].values())) for arm in OPTIMIZERS},
-        **{f"{arm}_ms_step": round(sum(ms[arm].values()), 1) for arm in OPTIMIZERS},
+        **{f"{arm}_lr": best[arm][0].lr for arm in optimizers},
+        **{f"{arm}_steps": round(statistics.median(t.run.step for t in best[arm].values())) for arm in optimizers},
+        **{f"{arm}_ms_step": round(sum(ms[arm].values()), 1) for arm in optimizers},
         **{f"gn_ms_{key}": round(v, 1) for key, v in ms["gn"].items()},
         "seeds": args.seeds,
         "threads": args.threads,

@@ -39,7 +39,7 @@ def test_optim_quick_reports_three_optimizers_over_seeds(fmt, precision):
         assert math.isnan(value) or (0 <= low <= value <= high)  # the median of two seeds lies within their range
     for phase in ("data", "fwd_bwd", "stats", "eigh", "update"):
         assert float(r[f"gn_ms_{phase}"]) >= 0
-    assert float(r["gn_ms_fwd_bwd"]) > 0 and float(r["gn_ms_stats"]) > 0  # GN collected statistics
+    assert float(r["gn_ms_fwd_bwd"]) > 0
     assert (r["curvature_every"], r["precondition_every"], r["damping"]) == ("10", "50", "0.1")
     assert r["precision"] in ("fp32", "bf16") and ("bf16_equal_time_loss_ratio" in r) == (r["precision"] == "bf16")
 
