@@ -17,9 +17,12 @@ from onn_arc.solve import code_of
 from onn_arc.tokens import N_COLOURS, OUT, PAD, Batch, Sequence, collate, encode_pair, encode_task
 
 
-def test_output_sequence(task: Task, test_index: int, max_len: int) -> Sequence:
-    """The task with test pair `test_index` last, its targets narrowed to that test output (cells, row ends and
-    the closing EOS): the demos' outputs are only context here."""
+def test_output_sequence(task: Task, test_index: int, max_len: int, code: int | None = None) -> Sequence:
+    """A sequence whose targets are test pair `test_index`'s output (cells, row ends and the closing EOS).
+    Context format (`code` None): the task with that test pair last, the demos' outputs only context. Pair format:
+    the test pair alone with task code `code` (as `evaluate.teacher_forced_loss` scores it)."""
+    if code is not None:
+        return encode_pair(task.test[test_index], code, max_len=max_len)
     seq = encode_task(task, test_index, max_len=max_len)
     targets = seq.targets.copy()
     targets[: np.flatnonzero(seq.tokens == OUT)[-1] + 1] = False  # everything up to the test pair's OUT marker
@@ -30,9 +33,8 @@ def test_sequence(model: TinyONN, task: Task, test_index: int) -> Sequence:
     """Test pair `test_index` with its output as the only target, in the model's format: the whole task
     (`test_output_sequence`), or the pair alone with the task's trained code (pairs: the model trained on the task's
     demos, as in transductive solving)."""
-    if model.cfg.format == "pairs":
-        return encode_pair(task.test[test_index], code_of(model, task), max_len=model.cfg.max_len)
-    return test_output_sequence(task, test_index, model.cfg.max_len)
+    code = code_of(model, task) if model.cfg.format == "pairs" else None
+    return test_output_sequence(task, test_index, model.cfg.max_len, code)
 
 
 def advance(run: train.Run) -> tuple[dict[str, float], Batch]:

@@ -13,6 +13,7 @@ from onn_arc.precision import Precision
 CodeInit = Literal["mean", "zero"]  # pairs: a new task's code starts at the trained codes' mean, or at zero
 TttParams = Literal["all", "code"]  # pairs: test-time training updates every weight, or the task code alone
 GateForm = Literal["softmax", "median"]  # the SML gate loss's form (losses.py): over units, or per unit
+OptimizerName = Literal["gn", "adamw", "muon"]  # Gauss-Newton, AdamW, or Muon on weight matrices (AdamW elsewhere)
 
 
 def one_line(exc: ValidationError, source: str) -> str:
@@ -105,12 +106,13 @@ class AugmentConfig(BaseModel):
 
 
 class OptimizerConfig(BaseModel):
-    """The optimizer: Gauss-Newton preconditioning (DESIGN §6) or plain AdamW."""
+    """The optimizer: Gauss-Newton preconditioning (DESIGN §6), plain AdamW, or Muon on the weight matrices."""
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    name: Literal["gn", "adamw"] = "gn"
-    lr: float = Field(default=3e-3, gt=0)  # peak learning rate (GN grafts its step to AdamW's size)
+    name: OptimizerName = "gn"
+    lr: float = Field(default=3e-3, gt=0)  # peak learning rate (GN grafts its step to AdamW's size, Muon matches
+    # its update RMS to AdamW's: one lr scale for all three)
     beta1: float = Field(default=0.9, ge=0, lt=1)
     beta2: float = Field(default=0.95, ge=0, lt=1)
     weight_decay: float = Field(default=0.1, ge=0)  # decoupled, on weight matrices only

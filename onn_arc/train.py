@@ -50,7 +50,7 @@ from onn_arc.data import Pair, Task, load_source
 from onn_arc.errors import ConfigError, TaskError, TrainingError
 from onn_arc.losses import forward_backward
 from onn_arc.model import TinyONN
-from onn_arc.optim import GaussNewton
+from onn_arc.optim import GaussNewton, MuonAdamW
 from onn_arc.precision import resolve as resolve_precision
 from onn_arc.tokens import PAD, Batch, Format, Sequence, collate, encode_pair, encode_task, pair_room, task_room
 
@@ -227,12 +227,15 @@ def sample_batch(
 
 
 def make_optimizer(model: TinyONN, cfg: OptimizerConfig) -> torch.optim.Optimizer:
-    """AdamW, or GaussNewton preconditioning the model's tapped weight matrices (AdamW for the rest)."""
+    """AdamW; GaussNewton preconditioning the model's tapped weight matrices; or Muon on those matrices (both with
+    AdamW for the rest)."""
     groups = model.param_groups(cfg.weight_decay)
     for g in groups:
         g["initial_lr"] = cfg.lr
     if cfg.name == "adamw":
         return torch.optim.AdamW(groups, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2))
+    if cfg.name == "muon":
+        return MuonAdamW(groups, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2))
     return GaussNewton(
         groups,
         layers=model.tapped_layers(),

@@ -11,10 +11,10 @@ import pytest
 BENCH = Path(__file__).resolve().parent.parent / "bench"
 
 
-def result(script: str) -> dict[str, str]:
-    """Run `bench/<script> --quick` on one thread; the key=value pairs of its one RESULT line."""
+def result(script: str, *args: str) -> dict[str, str]:
+    """Run `bench/<script> --quick ARGS` on one thread; the key=value pairs of its one RESULT line."""
     proc = subprocess.run(
-        [sys.executable, str(BENCH / script), "--quick", "--threads", "1"],
+        [sys.executable, str(BENCH / script), "--quick", "--threads", "1", *args],
         capture_output=True,
         text=True,
         timeout=300,
@@ -27,16 +27,21 @@ def result(script: str) -> dict[str, str]:
 
 
 @pytest.mark.slow
-def test_optim_quick_reports_both_optimizers():
-    r = result("optim.py")
-    for key in ("adamw_final_loss", "gn_final_loss"):
-        assert 0 < float(r[key]) < math.log(16)  # trained below the uniform guess over the vocabulary
-    assert float(r["adamw_lr"]) in (1e-3, 1e-2) and float(r["gn_lr"]) in (1e-3, 1e-2)  # the quick grid
-    assert float(r["gn_steps_ratio"]) > 0 and float(r["gn_time_ratio"]) > 0  # inf when GN never got there
-    assert int(r["adamw_steps"]) > 0 and int(r["gn_steps"]) > 0
-    for phase in ("fwd_bwd", "stats", "eigh", "update"):
+@pytest.mark.parametrize("fmt, precision", [("context", "auto"), ("pairs", "fp32")])
+def test_optim_quick_reports_three_optimizers_over_seeds(fmt, precision):
+    r = result("optim.py", "--format", fmt, "--precision", precision)
+    assert (r["seeds"], r["threads"], r["format"], r["size"]) == ("2", "1", fmt, "tiny")
+    for arm in ("adamw", "gn", "muon"):
+        assert 0 < float(r[f"{arm}_final_loss"]) < float(r["initial_loss"])  # every arm trained
+        assert float(r[f"{arm}_lr"]) == 1e-2 and int(r[f"{arm}_steps"]) > 0 and float(r[f"{arm}_ms_step"]) > 0
+    for key in ("gn_steps_ratio", "gn_time_ratio", "muon_steps_ratio", "muon_time_ratio", "gn_vs_muon_time_ratio"):
+        low, high = map(float, r[f"{key}_spread"].split("-"))  # inf when a run never reached AdamW's final loss
+        value = float(r[key])
+        assert math.isnan(value) or (0 <= low <= value <= high)  # the median of two seeds lies within their range
+    for phase in ("data", "fwd_bwd", "stats", "eigh", "update"):
         assert float(r[f"gn_ms_{phase}"]) >= 0
-    assert float(r["gn_ms_fwd_bwd"]) > 0 and r["size"] == "tiny"
+    assert float(r["gn_ms_fwd_bwd"]) > 0
+    assert (r["curvature_every"], r["precondition_every"], r["damping"]) == ("10", "50", "0.1")
     assert r["precision"] in ("fp32", "bf16") and ("bf16_equal_time_loss_ratio" in r) == (r["precision"] == "bf16")
 
 

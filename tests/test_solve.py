@@ -301,6 +301,13 @@ def test_cli_solve_draws_the_task_attempts_and_explanation(checkpoint):
     assert "confidence" in text and "activation rate" in text
 
 
+def test_cli_solve_fine_tunes_with_muon(checkpoint):
+    result = run_cli(str(DATA / "6150a2bd.json"), "-c", str(checkpoint), "--ttt-steps", "1", "--ttt-optimizer", "muon",
+                     "--views", "1")  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert "test-time training: 1 steps" in result.stdout
+
+
 def test_cli_solve_marks_a_right_attempt(checkpoint, monkeypatch):
     monkeypatch.setattr(solve, "decode_view", lambda model, seen, i, cfg: [candidate(seen.test[i].output, -0.1)])
     result = run_cli(str(DATA / "6150a2bd.json"), "-c", str(checkpoint), "--ttt-steps", "0")

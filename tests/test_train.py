@@ -45,7 +45,7 @@ def _weights(run: tr.Run) -> dict[str, torch.Tensor]:
 
 
 @pytest.mark.parametrize("precision", ["fp32", "bf16"])
-@pytest.mark.parametrize("optimizer", ["gn", "adamw"])
+@pytest.mark.parametrize("optimizer", ["gn", "adamw", "muon"])
 def test_interrupted_and_resumed_run_ends_with_the_same_weights(tmp_path, optimizer, precision):
     opt = OptimizerConfig(name=optimizer, curvature_every=1, precondition_every=2, start_step=1)
     whole = tr.prepare(_cfg(optimizer=opt, precision=precision), tmp_path / "whole")
@@ -70,8 +70,9 @@ def test_interrupted_and_resumed_run_ends_with_the_same_weights(tmp_path, optimi
     assert [x["step"] for x in lines] == [1, 2, 3, 4, 5, 6]
 
 
-def test_training_lowers_the_loss(tmp_path):
-    run = tr.prepare(_cfg(steps=30, checkpoint_every=100, optimizer=OptimizerConfig(lr=1e-2)), tmp_path)
+@pytest.mark.parametrize("optimizer", ["gn", "muon"])
+def test_training_lowers_the_loss(tmp_path, optimizer):
+    run = tr.prepare(_cfg(steps=30, checkpoint_every=100, optimizer=OptimizerConfig(name=optimizer, lr=1e-2)), tmp_path)
     losses = []
     run.fit(lambda step, m: losses.append(m["main"]))
     assert np.mean(losses[-5:]) < np.mean(losses[:5]) - 0.2
@@ -334,6 +335,16 @@ def test_cli_resuming_a_spent_budget_says_which(tmp_path):
         out = str(tmp_path / name)
         assert _train(*args, "--out", out, budget, "0.001" if name == "time" else "1").exit_code == 0
         assert said in _train("--resume", "--out", out).stdout
+
+
+def test_cli_trains_with_muon(tmp_path):
+    result = _train("--optimizer", "muon", "--size", "tiny", "--out", str(tmp_path), "--source", DATA,
+                    "--max-len", "256", "--batch-tokens", "512", "--steps", "2")  # fmt: skip
+    assert result.exit_code == 0, result.output
+    saved = load_checkpoint(tmp_path / "checkpoint")
+    assert saved.meta.train_config["optimizer"]["name"] == "muon" and saved.meta.step == 2
+    kinds = [g["kind"] for g in saved.train_state["optimizer"]["param_groups"]]
+    assert kinds == ["matrix", "other"] and "momentum_buffer" in saved.train_state["optimizer"]["state"][0]
 
 
 def test_cli_init_from_a_missing_checkpoint(tmp_path):

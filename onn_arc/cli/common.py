@@ -7,7 +7,7 @@ import typer
 from pydantic import ValidationError
 from rich.console import Console
 
-from onn_arc.config import CodeInit, SolveConfig, TttParams, one_line
+from onn_arc.config import CodeInit, OptimizerName, SolveConfig, TttParams, one_line
 from onn_arc.errors import ConfigError
 
 # Results go to stdout, progress and logs to stderr. Consoles resolve sys.stdout at
@@ -39,7 +39,7 @@ TttStepsOpt = Annotated[int, typer.Option(min=0, help="Test-time training steps 
 TttSecondsOpt = Annotated[
     float | None, typer.Option(help="Wall-clock bound on test-time training, in seconds.", show_default=False)
 ]
-TttOptimizerOpt = Annotated[Literal["gn", "adamw"], typer.Option(help="Test-time training optimizer.")]
+TttOptimizerOpt = Annotated[OptimizerName, typer.Option(help="Test-time training optimizer.")]
 ViewsOpt = Annotated[int, typer.Option(min=1, help="Augmented views decoded and voted over (view 1 is the task as given).")]
 SamplerOpt = Annotated[
     Literal["greedy", "dfs"], typer.Option(help="greedy: one grid per view; dfs: every grid above --min-prob.")

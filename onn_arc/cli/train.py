@@ -58,7 +58,7 @@ def train_command(
     d_model: Annotated[int | None, Opt(help="Override the preset's width.")] = None,
     n_layers: Annotated[int | None, Opt(help="Override the preset's depth.")] = None,
     max_len: Annotated[int | None, Opt(help="Override the preset's context length in tokens.")] = None,
-    optimizer: Annotated[str | None, Opt(help="gn (Gauss-Newton preconditioned) or adamw.")] = None,
+    optimizer: Annotated[str | None, Opt(help="gn (Gauss-Newton preconditioned), adamw, or muon (Muon on weight matrices, AdamW elsewhere).")] = None,
     lr: Annotated[float | None, Opt(help="Peak learning rate.")] = None,
     batch_tokens: Annotated[int | None, Opt(help="Padded tokens per step.")] = None,
     steps: Annotated[int | None, Opt(help="Step budget (the lr schedule ends here).")] = None,
