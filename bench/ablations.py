@@ -2,7 +2,7 @@
 
     python bench/ablations.py [--root runs/ablations] [--jobs 2] [--steps 2000] [--limit 20]        (make ablations)
 
-Every variant is trained by `onn-arc train` with the same budget (the `small` preset, `--steps` steps of 4096
+Every variant is trained by `onn-arc train` with the same budget (the in-context format, the `small` preset, `--steps` steps of 4096
 padded tokens, seed 0, ARC-AGI-1 training split only), then scored by `onn-arc eval` on the first `--limit` tasks of
 the ARC-AGI-1 evaluation split with the default solve settings (test-time training on each task's demos, 6 views).
 Variants change one thing against `onn-gn`:
@@ -62,7 +62,8 @@ def onn_arc(args: list[str], log: Path) -> None:
 def train(root: Path, name: str, steps: int) -> None:
     out = root / name
     resume = ["--resume"] if (out / "checkpoint").exists() else []
-    budget = ["--size", "small", "--steps", str(steps), "--batch-tokens", "4096", "--checkpoint-every", "200"]
+    budget = ["--format", "context", "--size", "small", "--steps", str(steps), "--batch-tokens", "4096"]
+    budget += ["--checkpoint-every", "200"]
     args = ["train", "--out", str(out), *budget, "--seed", "0", "--threads", "1", *TRAINED[name], *resume]
     onn_arc(args, root / f"{name}.train.log")
 

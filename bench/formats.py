@@ -18,8 +18,9 @@ training on each task's demos, 6 views, greedy) unless the recipe says otherwise
     pairs-inputloss     pairs with the loss on input grids as well as outputs (--input-loss)
     pairs-codettt       pairs' checkpoint, test-time training of the task's code alone (--ttt-params code)
     pairs-zeroinit      pairs' checkpoint, a new task's code starts at zero (--task-code-init zero)
-    transductive        pairs-inputloss trained jointly with arc1-dev's demos and test inputs (never its test
-                        outputs: --demo-source arc1-dev), then solved with those tasks' trained codes
+    transductive        pairs trained jointly with arc1-dev's demos (never its test outputs: --demo-source
+                        arc1-dev), then solved with those tasks' trained codes (and test-time training as usual)
+    transductive-inputloss   the same from pairs-inputloss: also arc1-dev's test inputs, with the loss on inputs
 
 Each `onn-arc` command is printed as it starts; `--jobs` run at a time, one torch thread each. Everything resumes:
 a finished training or evaluation is reused, an interrupted one continues (rerun the same command). Ends with a
@@ -45,7 +46,8 @@ TRAINED = {  # recipe -> (`onn-arc train` flags beyond the shared budget, [model
     "pairs-nocode": (["--format", "pairs"], {"task_codes": False}),
     "pairs-2d": (["--format", "pairs"], {"planes": False}),
     "pairs-inputloss": (["--format", "pairs", "--input-loss"], {}),
-    "transductive": (["--format", "pairs", "--input-loss", "--demo-source", DEV], {}),
+    "transductive": (["--format", "pairs", "--demo-source", DEV], {}),
+    "transductive-inputloss": (["--format", "pairs", "--input-loss", "--demo-source", DEV], {}),
 }
 SOLVED = {  # recipe -> (trained recipe, `onn-arc eval` flags beyond the defaults)
     **{name: (name, []) for name in TRAINED},

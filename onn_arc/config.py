@@ -123,12 +123,15 @@ class OptimizerConfig(BaseModel):
     start_step: int = Field(default=10, gt=0)  # GN: plain AdamW before this step
 
 
+TRAIN_FORMAT: tokens.Format = "pairs"  # what training uses when the model names no format: bench/formats.py's winner
+
+
 class TrainConfig(BaseModel):
     """Everything a training run needs; saved in every checkpoint it writes."""
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    model: ModelConfig = Field(default_factory=lambda: ModelConfig.preset("base"))
+    model: ModelConfig = Field(default_factory=lambda: ModelConfig.preset("base", format=TRAIN_FORMAT))
     loss: LossConfig = LossConfig()
     optimizer: OptimizerConfig = OptimizerConfig()
     augment: AugmentConfig = AugmentConfig()
@@ -145,6 +148,14 @@ class TrainConfig(BaseModel):
     seed: int = 0  # seeds the model init, data order, augmentations and sampling
     checkpoint_every: int = Field(default=100, gt=0)  # steps between checkpoints
     max_bad_steps: int = Field(default=5, gt=0)  # consecutive non-finite steps before the run stops
+
+    @model_validator(mode="before")
+    @classmethod
+    def _train_format(cls, data: object) -> object:
+        """A model given as fields without a format (a config file, the CLI's flags) trains in TRAIN_FORMAT."""
+        if isinstance(data, dict) and isinstance(data.get("model"), dict) and "format" not in data["model"]:
+            return data | {"model": data["model"] | {"format": TRAIN_FORMAT}}
+        return data
 
     @model_validator(mode="after")
     def _input_loss_needs_pairs(self) -> "TrainConfig":

@@ -414,5 +414,9 @@ def test_cli_trains_the_pair_format(tmp_path):
     ok = CliRunner().invoke(app, [*args, "--out", str(tmp_path / "a"), "--format", "pairs", "--input-loss"])
     assert ok.exit_code == 0, ok.output
     assert load_checkpoint(tmp_path / "a" / "checkpoint").meta.model.format == "pairs"
-    bad = CliRunner().invoke(app, [*args, "--out", str(tmp_path / "b"), "--input-loss"])
+    bad = CliRunner().invoke(app, [*args, "--out", str(tmp_path / "b"), "--format", "context", "--input-loss"])
     assert bad.exit_code == 1 and "input_loss" in bad.output
+    default = CliRunner().invoke(app, [*args, "--out", str(tmp_path / "c")])  # no --format: the pair format
+    assert default.exit_code == 0 and load_checkpoint(tmp_path / "c" / "checkpoint").meta.model.format == "pairs"
+    assert TrainConfig().model.format == "pairs" and TrainConfig(model={"d_model": 16, "n_layers": 1, "ffn_mult": 2,
+                                                                       "max_len": 64}).model.format == "pairs"

@@ -53,7 +53,7 @@ def train_command(
     demo_source: Annotated[list[str] | None, Opt(help="Data of which only the demos are used (repeatable), e.g. arc1-eval.")] = None,
     size: Annotated[str | None, Opt(help="Model preset: tiny, small or base.")] = None,
     arch: Annotated[str | None, Opt(help="onn (Sparse Bayesian Layers) or dense (the baseline).")] = None,
-    format: Annotated[str | None, Opt("--format", help="context (demos in context) or pairs (a sequence per pair, a learned code per task).")] = None,
+    format: Annotated[str | None, Opt("--format", help="pairs (a sequence per pair, a learned code per task; the default) or context (demos in context).")] = None,
     input_loss: Annotated[bool | None, Opt("--input-loss/--no-input-loss", help="pairs: the loss on input grids too, and demo sources' test inputs.")] = None,
     d_model: Annotated[int | None, Opt(help="Override the preset's width.")] = None,
     n_layers: Annotated[int | None, Opt(help="Override the preset's depth.")] = None,
