@@ -388,6 +388,11 @@ class Run:
     target_tokens: int = 0
     padded_tokens: int = 0
 
+    @property
+    def progress(self) -> float:
+        """The fraction of the budget spent: of the steps or of the seconds, whichever binds first."""
+        return max(self.step / self.cfg.steps, self.elapsed / self.cfg.seconds if self.cfg.seconds else 0.0)
+
     def stage(self) -> Stage:
         """This stage's record as it stands now."""
         return Stage(
@@ -430,8 +435,7 @@ class Run:
                 started = time.perf_counter()
                 rng, generator = step_generators(cfg.seed, self.step, rank, device)
                 batch = sample_batch(self.pool, rng, cfg.batch_tokens, cfg.model.max_len, cfg.augment).to(device)
-                progress = max(self.step / cfg.steps, self.elapsed / cfg.seconds if cfg.seconds else 0.0)
-                factor = lr_factor(progress, self.step, cfg.warmup_steps, cfg.min_lr_ratio)
+                factor = lr_factor(self.progress, self.step, cfg.warmup_steps, cfg.min_lr_ratio)
                 for g in opt.param_groups:
                     g["lr"] = g["initial_lr"] * factor
                 metrics = train_step(model, opt, batch, cfg, generator)

@@ -12,7 +12,7 @@ import torch
 import torch.distributed as dist
 import typer
 from pydantic import ValidationError
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from onn_arc.checkpoint import load_checkpoint
 from onn_arc.cli.app import app
@@ -139,15 +139,16 @@ def _run(run: Run, device: torch.device, show: bool) -> None:
             soft_wrap=True,
         )
     columns = (
-        TextColumn("[bold]train"), BarColumn(bar_width=20), MofNCompleteColumn(), TimeElapsedColumn(), TextColumn("eta"),
+        TextColumn("[bold]train"), BarColumn(bar_width=20), TaskProgressColumn(), TimeElapsedColumn(), TextColumn("eta"),
         TimeRemainingColumn(), TextColumn("{task.fields[info]}"),
     )  # fmt: skip
     log_every = max(1, min(50, cfg.steps // 20))
     with Progress(*columns, console=err, disable=not show, refresh_per_second=2) as progress:
-        bar = progress.add_task("train", total=cfg.steps, completed=run.step, info="")
+        bar = progress.add_task("train", total=1.0, completed=run.progress, info="")  # of the steps or seconds
 
         def on_step(step: int, m: dict[str, float]) -> None:
-            progress.update(bar, completed=step, info=f"loss {m['main']:.3f} acc {m['acc']:.3f} {m['tok_s']:.0f} tok/s")
+            info = f"step {step} loss {m['main']:.3f} acc {m['acc']:.3f} {m['tok_s']:.0f} tok/s"
+            progress.update(bar, completed=run.progress, info=info)
             if show and (step % log_every == 0 or m["skipped"]):
                 progress.console.print(
                     f"step {step}: loss {m['main']:.4f} gate {m['gate']:.4f} kl {m['kl']:.4f} acc {m['acc']:.4f} "
