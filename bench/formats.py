@@ -1,7 +1,7 @@
 """The format comparison: which sequence format, and which of its parts, make a Tiny-ONN solve tasks it never
 trained on? Every recipe gets the same CPU time for training.
 
-    python bench/formats.py [--root runs/formats] [--seconds 600] [--limit 40] [--jobs 2]      (make bench-formats)
+    python bench/formats.py [--root runs/formats] [--seconds 600] [--limit 20] [--jobs 2]      (make bench-formats)
 
 Data: training on `arc1-train-nodev` (320 ARC-AGI-1 training tasks), scoring on the first `--limit` tasks of
 `arc1-dev` (the 80 training tasks held out of it): recipes are chosen without ever looking at an evaluation task.
@@ -107,7 +107,7 @@ def main() -> None:
     parser.add_argument("--root", type=Path, default=Path("runs/formats"))
     parser.add_argument("--jobs", type=int, default=2, help="jobs at once, one torch thread each")
     parser.add_argument("--seconds", type=float, default=600, help="training seconds per recipe")
-    parser.add_argument("--limit", type=int, default=40, help="first N arc1-dev tasks")
+    parser.add_argument("--limit", type=int, default=20, help="first N arc1-dev tasks (80: all of them)")
     parser.add_argument("--only", nargs="+", choices=list(SOLVED), help="these recipes (and what they need) only")
     args = parser.parse_args()
     args.root.mkdir(parents=True, exist_ok=True)
