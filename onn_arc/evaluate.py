@@ -108,14 +108,21 @@ def run_task(model: TinyONN, task: Task, cfg: SolveConfig) -> dict[str, Any]:
 # ---------------------------------------------------------------- the output folder
 
 
-def _flat(settings: dict[str, Any]) -> dict[str, Any]:
-    return {k: settings.get(k) for k in ("weights_sha256", "precision")} | {
-        f"solve.{k}": v for k, v in (settings.get("solve") or {}).items()
-    }
+def _flat(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """Nested dicts as one dict of dotted keys: {"solve": {"loss": {"kl_weight": 0.1}}} -> {"solve.loss.kl_weight": 0.1}."""
+    flat = {}
+    for key, value in tree.items():
+        if isinstance(value, dict):
+            flat |= _flat(value, f"{prefix}{key}.")
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
 
 
 def _check_settings(path: Path, settings: dict[str, Any]) -> None:
-    """Write settings.json, or refuse when the folder holds a run with other settings."""
+    """Write settings.json, or refuse when the folder holds a run with other settings: other weights, precision or
+    solve settings. A solve setting the old run did not record (added to SolveConfig since) counts as its default,
+    the behaviour the old run had; where the run's checkpoint lives does not matter."""
     if not path.exists():
         _write_json(path, settings)
         return
@@ -124,10 +131,12 @@ def _check_settings(path: Path, settings: dict[str, Any]) -> None:
     except (json.JSONDecodeError, AttributeError):
         raise ConfigError(f"{path}: not a settings file; choose another --out or delete the folder") from None
     new = _flat(settings)
-    for key in sorted(old.keys() | new.keys()):
-        if old.get(key) != new.get(key):
+    defaults = _flat({"solve": SolveConfig().model_dump(mode="json")})
+    for key in sorted((old.keys() | new.keys()) - {"checkpoint"}):
+        was = old.get(key, defaults.get(key))
+        if was != new.get(key):
             raise ConfigError(
-                f"{path}: this folder holds a run with other settings ({key} was {old.get(key)!r}, now "
+                f"{path}: this folder holds a run with other settings ({key} was {was!r}, now "
                 f"{new.get(key)!r}); choose another --out or delete the folder"
             )
 

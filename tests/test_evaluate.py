@@ -13,7 +13,7 @@ from typer.testing import CliRunner
 import onn_arc.cli.eval  # noqa: F401  (registers the command)
 from onn_arc.checkpoint import TrainingData, load_checkpoint, save_checkpoint
 from onn_arc.cli.app import app
-from onn_arc.config import ModelConfig, OptimizerConfig, SolveConfig
+from onn_arc.config import LossConfig, ModelConfig, OptimizerConfig, SolveConfig
 from onn_arc.data import Task, load_source
 from onn_arc.errors import ConfigError, LeakageError
 from onn_arc import evaluate as evaluate_module
@@ -148,6 +148,19 @@ def test_a_rerun_with_other_settings_is_refused(checkpoint, tmp_path):
     evaluate(make_checkpoint(tmp_path / "copy"), TASKS[:1], CFG, tmp_path)  # the same weights elsewhere: allowed
     with pytest.raises(ConfigError, match=r"\(weights_sha256 was '[0-9a-f]+', now '[0-9a-f]+'\)"):
         evaluate(make_checkpoint(tmp_path / "other", seed=1), TASKS[:1], CFG, tmp_path)
+    with pytest.raises(ConfigError, match=r"\(solve.loss.kl_weight was 0.001, now 0.5\)"):  # nested settings too
+        evaluate(checkpoint, TASKS[:1], CFG.model_copy(update={"loss": LossConfig(kl_weight=0.5)}), tmp_path)
+
+
+def test_a_run_from_before_a_new_solve_setting_still_resumes(checkpoint, tmp_path):
+    evaluate(checkpoint, TASKS[:1], CFG, tmp_path)
+    settings = json.loads((tmp_path / "settings.json").read_text())
+    del settings["solve"]["loss"]["gate_form"], settings["solve"]["ttt_params"]  # fields added after such a run
+    (tmp_path / "settings.json").write_text(json.dumps(settings))
+    evaluate(checkpoint, TASKS, CFG, tmp_path)  # their defaults are what the old run did
+    median = CFG.model_copy(update={"loss": LossConfig(gate_form="median")})
+    with pytest.raises(ConfigError, match=r"\(solve.loss.gate_form was 'softmax', now 'median'\)"):
+        evaluate(checkpoint, TASKS, median, tmp_path)
 
 
 def test_a_checkpoint_trained_on_the_test_outputs_is_refused(tmp_path):
