@@ -22,14 +22,14 @@ Ends with a table and one `RESULT key=value ...` line per variant.
 
 import argparse
 import json
-import shlex
-import subprocess
 import sys
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from rich.console import Console
 from rich.table import Table
+
+from common import onn_arc  # bench/common.py, beside this script
 
 TRAINED = {  # variant -> `onn-arc train` flags beyond the shared budget
     "onn-gn": ["--optimizer", "gn"],
@@ -49,23 +49,13 @@ TAIL = 100  # training steps averaged for the final loss and activation rate
 console = Console(width=None if sys.stdout.isatty() else 150)  # the table's 11 columns in a log
 
 
-def onn_arc(args: list[str], log: Path) -> None:
-    """Run `onn-arc ARGS` (this Python's), its output to `log`; stop the bench with the log's tail if it fails."""
-    shown = "onn-arc " + shlex.join(args)
-    console.print(f"[dim]$ {shown}[/]", soft_wrap=True)
-    with log.open("a") as f:
-        code = subprocess.run([sys.executable, "-m", "onn_arc", *args], stdout=f, stderr=subprocess.STDOUT).returncode
-    if code != 0:
-        sys.exit(f"failed ({code}): {shown}\n" + "".join(log.read_text().splitlines(True)[-5:]))
-
-
 def train(root: Path, name: str, steps: int) -> None:
     out = root / name
     resume = ["--resume"] if (out / "checkpoint").exists() else []
     budget = ["--format", "context", "--size", "small", "--steps", str(steps), "--batch-tokens", "4096"]
     budget += ["--checkpoint-every", "200"]
     args = ["train", "--out", str(out), *budget, "--seed", "0", "--threads", "1", *TRAINED[name], *resume]
-    onn_arc(args, root / f"{name}.train.log")
+    onn_arc(args, root / f"{name}.train.log", console)
 
 
 def evaluate(root: Path, name: str, limit: int) -> None:
@@ -74,7 +64,7 @@ def evaluate(root: Path, name: str, limit: int) -> None:
         "eval", "--split", "arc1-eval", "--limit", str(limit), "--checkpoint", str(root / trained / "checkpoint"),
         "--out", str(root / name / "eval"), "--threads", "1", *flags,
     ]  # fmt: skip
-    onn_arc(args, root / f"{name}.eval.log")
+    onn_arc(args, root / f"{name}.eval.log", console)
 
 
 def training_summary(folder: Path) -> dict[str, float]:

@@ -1,13 +1,18 @@
 """Shared by the benches: teacher-forced scoring of test outputs (loss, cell accuracy, SBL activation rate), in
 either sequence format, and one training step as the trainer takes it."""
 
+import shlex
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
+from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+from rich.console import Console
 
 from onn_arc import train
 from onn_arc.data import Task
@@ -95,3 +100,14 @@ def score(model: TinyONN, seqs: list[Sequence], batch_tokens: int = 8192) -> Sco
             valid_tokens + int(valid.sum()),
         )
     return Scores(loss / tokens, right / cells, rate / valid_tokens, tokens, cells)
+
+
+def onn_arc(args: list[str], log: Path, console: Console) -> None:
+    """Run `onn-arc ARGS` (this Python's), its output appended to `log` and the command shown on `console`; stop the
+    bench with the log's tail if it fails."""
+    shown = "onn-arc " + shlex.join(args)
+    console.print(f"[dim]$ {shown}[/]", soft_wrap=True)
+    with log.open("a") as f:
+        code = subprocess.run([sys.executable, "-m", "onn_arc", *args], stdout=f, stderr=subprocess.STDOUT).returncode
+    if code != 0:
+        sys.exit(f"failed ({code}): {shown}\n" + "".join(log.read_text().splitlines(True)[-5:]))

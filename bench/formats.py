@@ -30,14 +30,14 @@ where the true output differs from the test input, the fraction attempt 1 gets r
 
 import argparse
 import json
-import shlex
-import subprocess
 import sys
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from rich.console import Console
 from rich.table import Table
+
+from common import onn_arc  # bench/common.py, beside this script
 
 TRAIN_SOURCE, DEV = "arc1-train-nodev", "arc1-dev"
 TRAINED = {  # recipe -> (`onn-arc train` flags beyond the shared budget, [model] settings of a config file)
@@ -58,20 +58,10 @@ SOLVED = {  # recipe -> (trained recipe, `onn-arc eval` flags beyond the default
 console = Console(width=None if sys.stdout.isatty() else 160)
 
 
-def onn_arc(args: list[str], log: Path) -> None:
-    """Run `onn-arc ARGS` (this Python's), its output to `log`; stop the bench with the log's tail if it fails."""
-    shown = "onn-arc " + shlex.join(args)
-    console.print(f"[dim]$ {shown}[/]", soft_wrap=True)
-    with log.open("a") as f:
-        code = subprocess.run([sys.executable, "-m", "onn_arc", *args], stdout=f, stderr=subprocess.STDOUT).returncode
-    if code != 0:
-        sys.exit(f"failed ({code}): {shown}\n" + "".join(log.read_text().splitlines(True)[-5:]))
-
-
 def train(root: Path, name: str, seconds: float) -> None:
     out, log = root / name, root / f"{name}.train.log"
     if (out / "checkpoint").exists():  # its saved config has everything
-        onn_arc(["train", "--out", str(out), "--resume", "--threads", "1"], log)
+        onn_arc(["train", "--out", str(out), "--resume", "--threads", "1"], log, console)
         return
     flags, model = TRAINED[name]
     if model:
@@ -79,7 +69,8 @@ def train(root: Path, name: str, seconds: float) -> None:
         config.write_text(json.dumps({"model": model}))
         flags = [*flags, "--config", str(config)]
     budget = ["--size", "base", "--seconds", str(seconds), "--steps", "1000000", "--checkpoint-every", "200"]
-    onn_arc(["train", "--out", str(out), "--source", TRAIN_SOURCE, *budget, "--seed", "0", "--threads", "1", *flags], log)
+    args = ["train", "--out", str(out), "--source", TRAIN_SOURCE, *budget, "--seed", "0", "--threads", "1", *flags]
+    onn_arc(args, log, console)
 
 
 def evaluate(root: Path, name: str, limit: int) -> None:
@@ -88,7 +79,7 @@ def evaluate(root: Path, name: str, limit: int) -> None:
         "eval", "--split", DEV, "--limit", str(limit), "--checkpoint", str(root / trained / "checkpoint"),
         "--out", str(root / name / "eval"), "--threads", "1", *flags,
     ]  # fmt: skip
-    onn_arc(args, root / f"{name}.eval.log")
+    onn_arc(args, root / f"{name}.eval.log", console)
 
 
 def training_summary(folder: Path) -> dict[str, float]:
