@@ -3,8 +3,8 @@
     python bench/ablations.py [--root runs/ablations] [--jobs 2] [--steps 2000] [--limit 20]        (make ablations)
 
 Every variant is trained by `onn-arc train` with the same budget (the in-context format, the `small` preset,
-`--steps` steps of 4096 padded tokens, seed 0, ARC-AGI-1 training split only), then scored by `onn-arc eval` on the first `--limit` tasks of
-the ARC-AGI-1 evaluation split with the default solve settings (test-time training on each task's demos, 6 views).
+`--steps` steps of 4096 padded tokens, seed 0, ARC-AGI-1 training split only), then scored by `onn-arc eval` on the
+first `--limit` tasks of the ARC-AGI-1 evaluation split with the default solve settings (test-time training on each task's demos, 6 views).
 Variants change one thing against `onn-gn`:
 
     onn-gn        Tiny-ONN (Sparse Bayesian Layers), Gauss-Newton preconditioned updates: the reference

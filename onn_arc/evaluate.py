@@ -109,7 +109,7 @@ def run_task(model: TinyONN, task: Task, cfg: SolveConfig) -> dict[str, Any]:
 
 
 def _flat(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    """Nested dicts as one dict of dotted keys: {"solve": {"loss": {"kl_weight": 0.1}}} -> {"solve.loss.kl_weight": 0.1}."""
+    """Nested dicts as one dict of dotted keys: {"solve": {"loss": {"kl": 0.1}}} -> {"solve.loss.kl": 0.1}."""
     flat = {}
     for key, value in tree.items():
         if isinstance(value, dict):

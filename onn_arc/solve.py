@@ -5,7 +5,8 @@
    `ttt_steps` steps and `ttt_seconds` seconds, with the training step of `train.py` and a cosine-decayed lr, in
    `cfg.precision`.
 2. `views` augmented copies of the task are decoded in fp32 (view 0 is the task as given, the others random
-   whole-task augmentations; one token at a time bf16 autocast is slower, bench/model.py). Each test input's prompt leaves room for an output as large as the largest grid in the task.
+   whole-task augmentations; one token at a time bf16 autocast is slower, bench/model.py). Each test input's prompt
+   leaves room for an output as large as the largest grid in the task.
 3. Every candidate grid is mapped back through its view's inverse; distinct grids are ranked by the number of views
    that produced them, then by their log-probability summed over those views. The top two are the attempts; there
    are always two (`two_attempts`): the best twice when only one grid was found, the test input itself twice (the

@@ -72,18 +72,16 @@ def grid_room(grid: Grid) -> int:
     return len(grid) * len(grid[0]) + max(len(grid), len(grid[0]))
 
 
-def task_room(task: Task, test_index: int = 0) -> int:
-    """Tokens `encode_task(task, test_index)` takes with every demo, in the task's longest orientation."""
-    test = task.test[test_index]
-    demos = sum(2 + grid_room(p.input) + grid_room(p.output) for p in task.train)  # IN input OUT output
-    answer = 0 if test.output is None else grid_room(test.output) + 1  # output EOS
-    return 1 + demos + 2 + grid_room(test.input) + answer  # BOS, demos, IN test input OUT, answer
-
-
 def pair_room(pair: Pair) -> int:
     """Tokens `encode_pair(pair)` takes (without an output: `answer=False`), in the pair's longest orientation."""
     answer = 0 if pair.output is None else grid_room(pair.output) + 1  # output EOS
     return 3 + grid_room(pair.input) + answer  # BOS IN input OUT, answer
+
+
+def task_room(task: Task, test_index: int = 0) -> int:
+    """Tokens `encode_task(task, test_index)` takes with every demo, in the task's longest orientation: its test
+    pair's `pair_room`, and each demo's without the BOS and EOS a pair of its own would have."""
+    return pair_room(task.test[test_index]) + sum(pair_room(p) - 2 for p in task.train)
 
 
 def _grid_parts(grid: Grid, role: int, plane: int = 0) -> tuple[np.ndarray, ...]:
