@@ -4,7 +4,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed-stamp
 ONNARC := $(VENV)/bin/onn-arc
 
-.PHONY: install test test-all run ship bench-model bench-optim bench-fit bench-solve bench-sparsity ablations bench-formats train-stage clean
+.PHONY: install test test-all run ship bench-model bench-optim bench-fit bench-solve bench-sparsity ablations bench-formats curve train-stage clean
 
 $(PY):
 	python3 -m venv $(VENV)
@@ -64,6 +64,10 @@ ablations: $(STAMP)
 # The format comparison: in-context vs the pair format and its parts, equal training time, scored on arc1-dev (resumable).
 bench-formats: $(STAMP)
 	$(PY) bench/formats.py
+
+# The training-length curve of the shipped recipe: stages chained with --init, each scored on dev tasks (hours; resumable).
+curve: $(STAMP)
+	$(PY) bench/curve.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info

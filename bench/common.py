@@ -1,6 +1,7 @@
 """Shared by the benches: teacher-forced scoring of test outputs (loss, cell accuracy, SBL activation rate), in
 either sequence format, and one training step as the trainer takes it."""
 
+import json
 import shlex
 import subprocess
 import sys
@@ -111,3 +112,14 @@ def onn_arc(args: list[str], log: Path, console: Console) -> None:
         code = subprocess.run([sys.executable, "-m", "onn_arc", *args], stdout=f, stderr=subprocess.STDOUT).returncode
     if code != 0:
         sys.exit(f"failed ({code}): {shown}\n" + "".join(log.read_text().splitlines(True)[-5:]))
+
+
+def training_summary(folder: Path) -> dict[str, float]:
+    """Minutes, steps and the mean main loss of the last 10% of steps, from the run's metrics."""
+    rows = [json.loads(line) for line in (folder / "metrics.jsonl").read_text().splitlines()]
+    tail = rows[-max(1, len(rows) // 10) :]
+    return {
+        "train_min": rows[-1]["elapsed"] / 60,
+        "steps": rows[-1]["step"],
+        "train_loss": sum(r["main"] for r in tail) / len(tail),
+    }

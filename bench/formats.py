@@ -37,7 +37,7 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
-from common import onn_arc  # bench/common.py, beside this script
+from common import onn_arc, training_summary  # bench/common.py, beside this script
 
 TRAIN_SOURCE, DEV = "arc1-train-nodev", "arc1-dev"
 TRAINED = {  # recipe -> (`onn-arc train` flags beyond the shared budget, [model] settings of a config file)
@@ -80,17 +80,6 @@ def evaluate(root: Path, name: str, limit: int) -> None:
         "--out", str(root / name / "eval"), "--threads", "1", *flags,
     ]  # fmt: skip
     onn_arc(args, root / f"{name}.eval.log", console)
-
-
-def training_summary(folder: Path) -> dict[str, float]:
-    """Minutes, steps, real tokens and the mean main loss of the last 10% of steps, from the run's metrics."""
-    rows = [json.loads(line) for line in (folder / "metrics.jsonl").read_text().splitlines()]
-    tail = rows[-max(1, len(rows) // 10) :]
-    return {
-        "train_min": rows[-1]["elapsed"] / 60,
-        "steps": rows[-1]["step"],
-        "train_loss": sum(r["main"] for r in tail) / len(tail),
-    }
 
 
 def main() -> None:
