@@ -21,6 +21,7 @@ wherever the time runs out).
 
 Stages: `prepare(..., init=checkpoint)` starts a new run from a checkpoint's weights with a fresh optimizer and lr
 schedule, so a long training can go on stage by stage; each checkpoint lists the stages behind it (checkpoint.py).
+A pair-format stage may train on other tasks than the one before it: shared tasks keep their codes (`_init_state`).
 
 Distributed data parallel (torchrun): each rank draws its own batch, gradients
 and Gauss-Newton statistics are averaged with all-reduce before the update, and
@@ -470,8 +471,9 @@ class Run:
 
 def _check_init_model(init: ModelConfig, asked: ModelConfig) -> None:
     """A stage keeps its init checkpoint's architecture; only max_len may change (positions are rotary and grid
-    coordinates, so no weight depends on the context length)."""
-    differ = [name for name in ModelConfig.model_fields if name != "max_len" and getattr(init, name) != getattr(asked, name)]
+    coordinates, so no weight depends on the context length), and the task ids, which follow the stage's data."""
+    free = ("max_len", "task_ids")
+    differ = [name for name in ModelConfig.model_fields if name not in free and getattr(init, name) != getattr(asked, name)]
     if differ:
         has = ", ".join(f"{name}={getattr(init, name)}" for name in differ)
         asks = ", ".join(f"{name}={getattr(asked, name)}" for name in differ)
@@ -479,6 +481,21 @@ def _check_init_model(init: ModelConfig, asked: ModelConfig) -> None:
             f"--init: the checkpoint's model has {has} but the config asks for {asks}; "
             "a stage keeps its init checkpoint's architecture (only --max-len may change)"
         )
+
+
+def _init_state(init: TinyONN, model: TinyONN) -> dict[str, torch.Tensor]:
+    """`init`'s weights for `model`, a new stage's model of the same architecture. With task codes, a stage may train
+    on other tasks than its init checkpoint did (e.g. a transductive stage adds a split's demos to the training
+    tasks): a task both know keeps its trained code, a task new to the stage starts from the mean of the trained
+    codes, as a task never trained on does at solve time."""
+    state = init.state_dict()
+    if model.has_codes:
+        trained = state["task_codes.weight"]  # (N_init, D)
+        index = {task_id: i for i, task_id in enumerate(init.cfg.task_ids)}
+        mean = trained.mean(0)  # (D,)
+        codes = [trained[index[t]] if t in index else mean for t in model.cfg.task_ids]
+        state["task_codes.weight"] = torch.stack(codes)  # (N, D)
+    return state
 
 
 def prepare(
@@ -506,18 +523,13 @@ def prepare(
     model_cfg = cfg.model
     if model_cfg.format == "pairs":
         model_cfg = model_cfg.model_copy(update={"task_ids": pool_task_ids(pool)})
-        if init is not None and model_cfg.task_ids != init.meta.model.task_ids:
-            raise ConfigError(
-                f"--init: the checkpoint has codes for {len(init.meta.model.task_ids)} tasks and this run's data "
-                f"needs {len(model_cfg.task_ids)} others or in another order; train a pairs stage on the same sources"
-            )
     torch.manual_seed(cfg.seed)
     model = TinyONN(model_cfg).to(device)
     opt = make_optimizer(model, cfg.optimizer)
     commands = [command] if command else []
     run = Run(cfg, paths, model, opt, pool, data, commands=commands)
     if init is not None:
-        model.load_state_dict(init.model.state_dict())
+        model.load_state_dict(_init_state(init.model, model))
         run.earlier, run.init_sha256 = init.meta.stages, init.meta.files[MODEL_FILE]
     if resume:
         loaded = load_checkpoint(paths.checkpoint, device=device)

@@ -409,6 +409,22 @@ def test_pair_format_trains_and_resumes_with_its_task_codes(tmp_path):
         _cfg(input_loss=True)
 
 
+def test_a_pairs_stage_on_more_tasks_keeps_the_shared_codes_and_starts_new_ones_at_their_mean(tmp_path):
+    cfg = _cfg(model=PAIRS_MODEL, steps=1, sources=[FIRST, SECOND])
+    tr.prepare(cfg, tmp_path / "one").fit()
+    init = load_checkpoint(tmp_path / "one" / "checkpoint")
+    trained = init.model.task_codes.weight.detach()  # (2, D): 6150a2bd, 25ff71a9
+    run = tr.prepare(cfg.model_copy(update={"sources": [DATA]}), tmp_path / "two", init=init)
+    ids = run.model.cfg.task_ids
+    assert len(ids) == 4 and set(init.model.cfg.task_ids) < set(ids)
+    codes = run.model.task_codes.weight.detach()  # (4, D)
+    for i, task_id in enumerate(ids):
+        want = trained[init.model.cfg.task_ids.index(task_id)] if task_id in init.model.cfg.task_ids else trained.mean(0)
+        assert torch.equal(codes[i], want), task_id
+    shared = {k: v for k, v in init.model.state_dict().items() if k != "task_codes.weight"}
+    assert all(torch.equal(v, run.model.state_dict()[k]) for k, v in shared.items())
+
+
 def test_cli_trains_the_pair_format(tmp_path):
     args = ["train", "--source", DATA, "--size", "tiny", "--max-len", "256", "--steps", "1", "--device", "cpu"]
     ok = CliRunner().invoke(app, [*args, "--out", str(tmp_path / "a"), "--format", "pairs", "--input-loss"])
