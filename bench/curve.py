@@ -23,6 +23,8 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
+from onn_arc.cli.common import number
+
 sys.path.insert(0, str(Path(__file__).parent))
 from common import onn_arc, training_summary  # bench/common.py, beside this script
 
@@ -64,8 +66,10 @@ def main() -> None:
     args = parser.parse_args()
     args.root.mkdir(parents=True, exist_ok=True)
 
-    table = Table(title=f"training-length curve: pair format, base preset, {TRAIN_SOURCE}; first {args.limit} {DEV} tasks")
-    columns = ["stage", "hours", "steps", "train loss", "pass@2", "solved", "changed", "shape", "cells", "s/task"]
+    title = f"training-length curve: pair format, base preset, {TRAIN_SOURCE}; first {args.limit} {DEV} tasks"
+    table = Table(title=title)
+    columns = ["stage", "hours", "steps", "train loss", "pass@2", "solved", "changed", "shape", "cells", "tuned loss"]
+    columns.append("s/task")
     for column in columns:
         table.add_column(column, justify="right")
     hours = 0.0
@@ -76,12 +80,16 @@ def main() -> None:
         table.add_row(
             str(stage), f"{hours:.2f}", str(t["steps"]), f"{t['train_loss']:.3f}", f"{s['pass_at_2']:.3f}",
             f"{s['solved_tasks']}/{s['scored_tasks']}", f"{s['changed_cell_accuracy']:.3f}",
-            f"{s['shape_correct']:.2f}", f"{s['cell_accuracy']:.3f}", f"{s['seconds_per_task']:.1f}",
+            f"{s['shape_correct']:.2f}", f"{s['cell_accuracy']:.3f}", number(s.get("tuned_tf_loss")),
+            f"{s['seconds_per_task']:.1f}",
         )  # fmt: skip
         values = {"hours": hours, "pass2": s["pass_at_2"], "changed": s["changed_cell_accuracy"]}
         values |= {"shape": s["shape_correct"], "cells": s["cell_accuracy"], "steps": t["steps"]}
         console.print(f"RESULT stage={stage} " + " ".join(f"{k}={v:.4g}" for k, v in values.items()), soft_wrap=True)
-    table.caption = "hours: training wall-clock, summed over the stages so far"
+    table.caption = (
+        "hours: training wall-clock, summed over the stages so far; tuned loss: the true outputs' teacher-forced "
+        "loss under the model after test-time training"
+    )
     console.print(table)
 
 

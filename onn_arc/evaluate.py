@@ -14,9 +14,10 @@ model then solves them with their trained task codes) and what the checkpoint's 
 
 Beside pass@2 the report carries leading indicators where the truth is known: the best attempt's shape correctness
 and cell accuracy, attempt 1's changed-cell accuracy and the copy-the-input baseline (scoring.py), and the
-teacher-forced loss of the true output (its tokens and the token that ends it) under the model before test-time
-training, with the task as given (`teacher_forced_loss`). Where no task has test outputs nothing is scored and the
-scores are None.
+teacher-forced loss of the true output (its tokens and the token that ends it), with the task as given
+(`teacher_forced_loss`), under the model before test-time training (`tf_loss`: for the pair format, with a fresh
+code that knows nothing of the task) and after it (`tuned_tf_loss`: the model that decodes the answer). Where no
+task has test outputs nothing is scored and the scores are None.
 
 Reports and submissions are made from the records alone, so a finished folder is rescored without solving again;
 records of older runs with fewer than two attempts per test are completed by `two_attempts`.
@@ -97,10 +98,16 @@ def run_task(model: TinyONN, task: Task, cfg: SolveConfig) -> dict[str, Any]:
     """Solve one task; its results.jsonl record. A task that cannot be solved (TaskError) is recorded as failed,
     with the copy-the-input guess as its attempts."""
     started = time.perf_counter()
-    tf_loss = [teacher_forced_loss(model, task, i, cfg.precision, cfg.task_code_init) for i in range(len(task.test))]
-    solution, error = solve_or_copy(model, task, cfg)
+    tests = range(len(task.test))
+    tf_loss = [teacher_forced_loss(model, task, i, cfg.precision, cfg.task_code_init) for i in tests]
+    tuned_tf_loss: list[float | None] = [None for _ in tests]
+
+    def score_tuned(tuned: TinyONN) -> None:
+        tuned_tf_loss[:] = [teacher_forced_loss(tuned, task, i, cfg.precision) for i in tests]
+
+    solution, error = solve_or_copy(model, task, cfg, on_tuned=score_tuned)
     return {
-        "task_id": task.id, **solution.to_json(), "error": error, "tf_loss": tf_loss,
+        "task_id": task.id, **solution.to_json(), "error": error, "tf_loss": tf_loss, "tuned_tf_loss": tuned_tf_loss,
         "seconds": time.perf_counter() - started,
     }  # fmt: skip
 
@@ -220,6 +227,7 @@ def _report(
         **scores,
         "failed": sum(r["error"] is not None for r in rows),
         "tf_loss": _mean([x for r in rows for x in r["tf_loss"] if x is not None]),
+        "tuned_tf_loss": _mean([x for r in rows for x in r.get("tuned_tf_loss", []) if x is not None]),
         "seconds_per_task": _mean([r["seconds"] for r in rows]),
         **checkpoint,
     }

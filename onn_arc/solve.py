@@ -269,13 +269,22 @@ def decode_view(model: TinyONN, task: Task, test_index: int, cfg: SolveConfig) -
     return decode.greedy(model, seq)
 
 
-def solve_task(model: TinyONN, task: Task, cfg: SolveConfig, on_progress: Progress | None = None) -> Solution:
+def solve_task(
+    model: TinyONN,
+    task: Task,
+    cfg: SolveConfig,
+    on_progress: Progress | None = None,
+    on_tuned: Callable[[TinyONN], None] | None = None,
+) -> Solution:
     """Test-time training on a copy of `model`, then decoding in `cfg.views` views and voting. The task's test
-    outputs, if any, are never used. TaskError when a test input cannot fit the context."""
+    outputs, if any, are never used here; `on_tuned` gets the model after test-time training, before decoding
+    (evaluate.py scores the true outputs' loss with it). TaskError when a test input cannot fit the context."""
     check_fits(task, model.cfg.max_len)
     if model.cfg.format == "pairs":
         model = with_task_code(model, task, cfg.task_code_init)
     tuned, steps, seconds, loss = fine_tune(model, task, cfg, on_progress)
+    if on_tuned is not None:
+        on_tuned(tuned)
     views = choose_views(task, cfg.views, cfg.seed)
     found: list[list[list[decode.Candidate]]] = [[] for _ in task.test]  # [test][view] -> candidates
     total = len(views) * len(task.test)
@@ -290,12 +299,16 @@ def solve_task(model: TinyONN, task: Task, cfg: SolveConfig, on_progress: Progre
 
 
 def solve_or_copy(
-    model: TinyONN, task: Task, cfg: SolveConfig, on_progress: Progress | None = None
+    model: TinyONN,
+    task: Task,
+    cfg: SolveConfig,
+    on_progress: Progress | None = None,
+    on_tuned: Callable[[TinyONN], None] | None = None,
 ) -> tuple[Solution, str | None]:
     """(`solve_task`'s solution, None), or, when the task cannot be solved (a TaskError, e.g. a test input that does
     not fit the context), (the copy-the-input guess for every test input, the error's message)."""
     try:
-        return solve_task(model, task, cfg, on_progress), None
+        return solve_task(model, task, cfg, on_progress, on_tuned), None
     except TaskError as e:
         tests = tuple(vote([], [], pair.input) for pair in task.test)
         return Solution(task.id, tests, (), 0, 0.0, None), str(e)

@@ -473,7 +473,7 @@ def _check_init_model(init: ModelConfig, asked: ModelConfig) -> None:
     """A stage keeps its init checkpoint's architecture; only max_len may change (positions are rotary and grid
     coordinates, so no weight depends on the context length), and the task ids, which follow the stage's data."""
     free = ("max_len", "task_ids")
-    differ = [name for name in ModelConfig.model_fields if name not in free and getattr(init, name) != getattr(asked, name)]
+    differ = [n for n in ModelConfig.model_fields if n not in free and getattr(init, n) != getattr(asked, n)]
     if differ:
         has = ", ".join(f"{name}={getattr(init, name)}" for name in differ)
         asks = ", ".join(f"{name}={getattr(asked, name)}" for name in differ)

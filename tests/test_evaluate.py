@@ -17,10 +17,10 @@ from onn_arc.config import LossConfig, ModelConfig, OptimizerConfig, SolveConfig
 from onn_arc.data import Task, load_source
 from onn_arc.errors import ConfigError, LeakageError
 from onn_arc import evaluate as evaluate_module
-from onn_arc.evaluate import REPORT, RESULTS, TIMING, evaluate, teacher_forced_loss
+from onn_arc.evaluate import REPORT, RESULTS, TIMING, evaluate, run_task, teacher_forced_loss
 from onn_arc.model import TinyONN
 from onn_arc.scoring import BASELINE_KEYS, load_submission
-from onn_arc.solve import with_task_code
+from onn_arc.solve import solve_task, with_task_code
 from onn_arc.tokens import encode_pair, encode_task, grid_length
 
 DATA = Path(__file__).resolve().parents[1] / "data"
@@ -67,14 +67,25 @@ def test_report_submission_and_failed_tasks(uninterrupted):
     assert rows["25ff71a9"]["error"] is None and len(rows["25ff71a9"]["tests"]) == 2
     assert rows["6150a2bd"]["ttt_steps"] == 2 and len(rows["6150a2bd"]["views"]) == 2
     assert "tests" not in rows["puzzle-no-answer"] and rows["puzzle-no-answer"]["tf_loss"] == [None]
+    assert rows["puzzle-no-answer"]["tuned_tf_loss"] == [None] and rows["007bbfb7"]["tuned_tf_loss"] == [None]
     summary = report["summary"]
     assert (summary["n_tasks"], summary["scored_tasks"], summary["failed"]) == (4, 3, 1)
-    assert summary["tf_loss"] > 0 and summary["seconds_per_task"] > 0
+    assert summary["tf_loss"] > 0 and summary["tuned_tf_loss"] > 0 and summary["seconds_per_task"] > 0
     submission = load_submission(out / "submission.json")
     assert list(submission) == [t.id for t in TASKS]
     assert submission["007bbfb7"] == [(TASKS[0].test[0].input,) * 2] and len(submission["25ff71a9"]) == 2
     assert [list(map(list, g)) for g in submission["6150a2bd"][0]] == rows["6150a2bd"]["attempts"][0]
     assert all(None not in attempts for entries in submission.values() for attempts in entries)
+
+
+def test_the_tuned_loss_is_the_true_outputs_loss_under_the_model_that_decodes(checkpoint):
+    model, task = load_checkpoint(checkpoint).model, TASKS[1]  # 25ff71a9: two tests
+    untuned = run_task(model, task, CFG.model_copy(update={"ttt_steps": 0}))
+    assert untuned["tuned_tf_loss"] == pytest.approx(untuned["tf_loss"])
+    row, decoder = run_task(model, task, CFG), []
+    solve_task(model, task, CFG, on_tuned=decoder.append)  # the same seeded test-time training
+    assert row["tuned_tf_loss"] == pytest.approx([teacher_forced_loss(decoder[0], task, i, CFG.precision) for i in range(2)])
+    assert row["tuned_tf_loss"] != pytest.approx(row["tf_loss"])
 
 
 def test_the_report_carries_changed_cell_accuracy_and_the_copy_baseline(uninterrupted):

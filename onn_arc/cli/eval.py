@@ -93,18 +93,22 @@ def _marks(hits: list[bool]) -> str:
     return " ".join("[green]✓[/]" if hit else "[red]✗[/]" for hit in hits)
 
 
+def _mean_of(values: list[float | None]) -> float | None:
+    known = [x for x in values if x is not None]
+    return sum(known) / len(known) if known else None
+
+
 def _table(evaluation: Evaluation, title: str) -> Table:
     caption = (
         "cell accuracy: of the better attempt (cells), of attempt 1 on the cells the output changes (changed), "
-        "of the input (copy)"
+        "of the input (copy); the true output's teacher-forced loss before and after test-time training (tf, tuned)"
     )
     table = Table(title=escape(title), caption=caption, box=None, pad_edge=False)
     table.add_column("task", no_wrap=True)
-    for name in ("att 1", "att 2", "score", "cells", "changed", "copy", "tf loss", "ttt", "s"):
+    for name in ("att 1", "att 2", "score", "cells", "changed", "copy", "tf", "tuned", "ttt", "s"):
         table.add_column(name, justify="right", no_wrap=True)
     for row in evaluation.report["tasks"]:
         tests = row.get("tests")
-        losses = [x for x in row["tf_loss"] if x is not None]
         table.add_row(
             f"[red]{escape(row['task_id'])}[/]" if row["error"] else escape(row["task_id"]),
             _marks([t["attempt_1"] for t in tests]) if tests else "[dim]–[/]",
@@ -113,7 +117,8 @@ def _table(evaluation: Evaluation, title: str) -> Table:
             number(row.get("cell_accuracy"), 2),
             number(row.get("changed_cell_accuracy"), 2),
             number(row["copy_baseline"]["cell_accuracy"] if tests else None, 2),
-            number(sum(losses) / len(losses) if losses else None),
+            number(_mean_of(row["tf_loss"])),
+            number(_mean_of(row.get("tuned_tf_loss", []))),
             str(row["ttt_steps"]),
             f"{row['seconds']:.1f}",
         )
@@ -187,8 +192,9 @@ def eval_command(
     for row in evaluation.report["tasks"]:
         if row["error"]:
             out.print(f"[red]failed[/] {escape(row['error'])}", soft_wrap=True)
-    tf_loss, seconds = number(summary["tf_loss"]), number(summary["seconds_per_task"], 1)
-    costs = f"tf loss {tf_loss}  {seconds} s/task  failed {summary['failed']}"
+    tf_loss, tuned = number(summary["tf_loss"]), number(summary["tuned_tf_loss"])
+    seconds = number(summary["seconds_per_task"], 1)
+    costs = f"tf loss {tf_loss} (tuned {tuned})  {seconds} s/task  failed {summary['failed']}"
     if summary["scored_tasks"]:
         out.print(
             f"pass@2 {summary['pass_at_2']:.3f}  pass@1 {summary['pass_at_1']:.3f}  "
