@@ -2,12 +2,12 @@
 each stage starting from the previous one's weights (`onn-arc train --init`, a fresh optimizer and lr schedule),
 and scores every stage on dev tasks it never trained on.
 
-    python bench/curve.py [--root runs/curve] [--stages 1800 1800 3600 7200 14400] [--limit 20]     (make curve)
+    python bench/curve.py [--root runs/curve] [--stages 1800 1800 3600 7200 14400] [--limit 80]     (make curve)
     python bench/curve.py --root runs/curve-more --init runs/curve/stage-2/checkpoint --stages 3600 \\
         --source arc1-train-nodev arc2-train-new          # a branch: one more stage from stage 2, on more tasks
 
 Data: training on `--source` (default `arc1-train-nodev`, the 320 ARC-AGI-1 training tasks outside the dev set),
-scoring on the first `--limit` tasks of `arc1-dev` (the 80 held out; the formats bench scores the same tasks).
+scoring on the first `--limit` tasks of `arc1-dev` (all 80 held out by default; the formats bench scores the first 20).
 Training: `onn-arc train`, pair format, base preset, `--stages` seconds of wall-clock each (the defaults end at 0.5,
 1, 2, 4 and 8 hours in all), all CPU threads, `--precision auto`, seed = stage number. The first stage starts from
 `--init`'s weights when given (stages are then numbered after its chain). Scoring: `onn-arc eval` with the default
@@ -67,7 +67,7 @@ def main() -> None:
                         help="training seconds of each stage, in order")  # fmt: skip
     parser.add_argument("--source", nargs="+", default=["arc1-train-nodev"], help="training data of every stage")
     parser.add_argument("--init", type=Path, help="the first stage starts from this checkpoint's weights")
-    parser.add_argument("--limit", type=int, default=20, help="first N arc1-dev tasks (80: all of them)")
+    parser.add_argument("--limit", type=int, default=80, help="first N arc1-dev tasks (80: all of them)")
     args = parser.parse_args()
     args.root.mkdir(parents=True, exist_ok=True)
 
