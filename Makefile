@@ -25,15 +25,16 @@ test-all: $(STAMP)
 run: $(STAMP)
 	$(ONNARC) solve data/6150a2bd.json --threads 2
 
-# One stage of the long training of the default recipe (the pair format, base preset, the 320 ARC-AGI-1 training
-# tasks outside the dev set, as bench/curve.py trains them): STAGE_SECONDS of training into STAGE, from INIT's weights when given (a previous stage's checkpoint).
-# On a lent GPU: make train-stage DEVICE=cuda STAGE_SECONDS=540 INIT=runs/curve/stage-N/checkpoint. Then `make ship RUN=$(STAGE)` if it beats the default.
+# One stage of the long training of the default recipe (the pair format, base preset; the 320 ARC-AGI-1 training
+# tasks outside the dev set and the 233 ARC-AGI-2 training tasks in no ARC-AGI-1 split, as the README's chain):
+# STAGE_SECONDS of training into STAGE, from INIT's weights when given (a previous stage's checkpoint).
+# On a lent GPU: make train-stage DEVICE=cuda STAGE_SECONDS=540 INIT=runs/curve-more/stage-N/checkpoint. Then `make ship RUN=$(STAGE)` if it beats the default.
 STAGE ?= runs/stage
 STAGE_SECONDS ?= 9000
 INIT ?=
 DEVICE ?= auto
 train-stage: $(STAMP)
-	$(ONNARC) train --out $(STAGE) --format pairs --size base --source arc1-train-nodev --seconds $(STAGE_SECONDS) \
+	$(ONNARC) train --out $(STAGE) --format pairs --size base --source arc1-train-nodev --source arc2-train-new --seconds $(STAGE_SECONDS) \
 		--steps 1000000 --checkpoint-every 200 --device $(DEVICE) $(if $(INIT),--init $(INIT))
 
 # Ship a finished training run as the default checkpoint (weights, config, provenance; no optimizer state).
