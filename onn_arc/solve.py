@@ -124,8 +124,8 @@ def prompt(task: Task, test_index: int, max_len: int) -> Sequence:
 def with_task_code(model: TinyONN, task: Task, init: CodeInit) -> TinyONN:
     """Pair format: `model` itself when it has a code for the task (trained on its demos: transductive), else a deep
     copy with a fresh code for it (the model given is never changed). Augmented views keep the task's id, so
-    `code_of` finds the code in every view."""
-    if task.id in model.cfg.task_ids:
+    `code_of` finds the code in every view. The context format has no codes: `model` itself."""
+    if model.cfg.format != "pairs" or task.id in model.cfg.task_ids:
         return model
     fresh = copy.deepcopy(model)
     fresh.add_task_code(task.id, init)
@@ -257,13 +257,17 @@ def vote(views: list[Augmentation], found: list[list[decode.Candidate]], test_in
     return Answer(attempts, tuple(ranked), mean_map("confidence"), mean_map("activation"))
 
 
-def decode_view(model: TinyONN, task: Task, test_index: int, cfg: SolveConfig) -> list[decode.Candidate]:
-    """Candidates for one test input of a (possibly augmented) task, in that task's orientation; in the pair
-    format the test input alone, conditioned on the task's code."""
+def decode_prompt(model: TinyONN, task: Task, test_index: int) -> Sequence:
+    """What the model decodes test input `test_index` from: in the pair format the input alone, conditioned on the
+    task's code (the model must have one: `with_task_code`); in the context format the task as a `prompt`."""
     if model.cfg.format == "pairs":
-        seq = encode_pair(Pair(input=task.test[test_index].input), code_of(model, task), answer=False)
-    else:
-        seq = prompt(task, test_index, model.cfg.max_len)
+        return encode_pair(Pair(input=task.test[test_index].input), code_of(model, task), answer=False)
+    return prompt(task, test_index, model.cfg.max_len)
+
+
+def decode_view(model: TinyONN, task: Task, test_index: int, cfg: SolveConfig) -> list[decode.Candidate]:
+    """Candidates for one test input of a (possibly augmented) task, in that task's orientation."""
+    seq = decode_prompt(model, task, test_index)
     if cfg.sampler == "dfs":
         return decode.dfs(model, seq, cfg.min_prob, cfg.max_candidates)
     return decode.greedy(model, seq)
@@ -280,8 +284,7 @@ def solve_task(
     outputs, if any, are never used here; `on_tuned` gets the model after test-time training, before decoding
     (evaluate.py scores the true outputs' loss with it). TaskError when a test input cannot fit the context."""
     check_fits(task, model.cfg.max_len)
-    if model.cfg.format == "pairs":
-        model = with_task_code(model, task, cfg.task_code_init)
+    model = with_task_code(model, task, cfg.task_code_init)
     tuned, steps, seconds, loss = fine_tune(model, task, cfg, on_progress)
     if on_tuned is not None:
         on_tuned(tuned)

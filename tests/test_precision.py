@@ -10,8 +10,8 @@ from onn_arc.config import LossConfig, ModelConfig, OptimizerConfig
 from onn_arc.data import load_source
 from onn_arc.losses import forward_backward
 from onn_arc.model import TinyONN
-from onn_arc.solve import prompt
-from onn_arc.tokens import collate, encode_task, next_coordinate
+from onn_arc.solve import decode_prompt, with_task_code
+from onn_arc.tokens import collate, encode_task, next_position
 from onn_arc.train import make_optimizer
 
 TASKS = [t for t in load_source("data") if t.has_test_outputs]  # the bundled example tasks
@@ -62,20 +62,18 @@ def test_bf16_losses_match_fp32_on_a_real_batch_and_state_stays_fp32(arch):
 
 @pytest.mark.parametrize("task", TASKS, ids=lambda t: t.id)
 def test_bf16_cached_decoding_matches_the_full_forward_with_the_shipped_checkpoint(task):
-    model = load_checkpoint(default_checkpoint()).model
-    seq = prompt(task, 0, model.cfg.max_len)
+    model = with_task_code(load_checkpoint(default_checkpoint()).model, task, "mean")
+    seq = decode_prompt(model, task, 0)
     with precision.autocast("bf16", "cpu"):
         (bf16,) = decode.greedy(model, seq)
         generated = list(bf16.tokens[:-1])  # everything the decoder fed back (the end is never fed)
-        coords = [next_coordinate(generated[:k]) for k in range(len(generated))]
-        args = [
-            np.concatenate([seq.tokens, generated]),
-            np.concatenate([seq.rows, [r for r, _ in coords]]),
-            np.concatenate([seq.cols, [c for _, c in coords]]),
-            np.arange(len(seq) + len(generated)),
-        ]
+        fed = np.array([next_position(model.cfg.format, len(seq), generated[:k]) for k in range(len(generated))])
+        fed = fed.reshape(-1, 3)  # (generated, 3): row, column, third coordinate of each fed-back token
+        args = [np.concatenate([seq.tokens, generated])]
+        args += [np.concatenate([a, b]) for a, b in zip((seq.rows, seq.cols, seq.pos), fed.T)]
         with torch.inference_mode():
-            full = model(*(torch.as_tensor(a, dtype=torch.int64)[None] for a in args)).float()  # (1, T, V)
+            inputs = (torch.as_tensor(a, dtype=torch.int64)[None] for a in args)
+            full = model(*inputs, task=torch.tensor([seq.task])).float()  # (1, T, V)
     # the cached decoder's choices at each step are the full forward's (greedy: same argmax on the allowed tokens)
     steps = full[0, len(seq) - 1 :]  # (generated + 1, V): the logits that chose each generated token and the end
     logprob = sum(
