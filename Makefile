@@ -28,7 +28,7 @@ run: $(STAMP)
 # One stage of the long training of the default recipe (the pair format, base preset; the 320 ARC-AGI-1 training
 # tasks outside the dev set and the 233 ARC-AGI-2 training tasks in no ARC-AGI-1 split, as the README's chain):
 # STAGE_SECONDS of training into STAGE, from INIT's weights when given (a previous stage's checkpoint).
-# On a lent GPU: make train-stage DEVICE=cuda STAGE_SECONDS=540 INIT=runs/curve-more/stage-N/checkpoint. Then `make ship RUN=$(STAGE)` if it beats the default.
+# On a lent GPU: make train-stage DEVICE=cuda STAGE_SECONDS=540 INIT=checkpoints/default (the shipped stage of the chain). Then `make ship RUN=$(STAGE)`.
 STAGE ?= runs/stage
 STAGE_SECONDS ?= 9000
 INIT ?=

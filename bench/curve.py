@@ -3,8 +3,9 @@ each stage starting from the previous one's weights (`onn-arc train --init`, a f
 and scores every stage on dev tasks it never trained on.
 
     python bench/curve.py [--root runs/curve] [--stages 1800 1800 3600 7200 14400] [--limit 80]     (make curve)
-    python bench/curve.py --root runs/curve-more --init runs/curve/stage-2/checkpoint --stages 3600 7200 14400 \\
-        --source arc1-train-nodev arc2-train-new          # a branch from stage 2 on more tasks: the chain to ship
+    python bench/curve.py --root runs/chain --stages 7200 --source arc1-train-nodev arc2-train-new     # the chain to ship:
+    make ship RUN=runs/chain/stage-1                                                                    # stage 1, shipped;
+    python bench/curve.py --root runs/chain --init checkpoints/default --stages 9000 --source ...       # then stage 2, ...
 
 Data: training on `--source` (default `arc1-train-nodev`, the 320 ARC-AGI-1 training tasks outside the dev set),
 scoring on the first `--limit` tasks of `arc1-dev` (all 80 held out by default; the formats bench scores the first 20).
