@@ -66,19 +66,25 @@ def test_bf16_cached_decoding_matches_the_full_forward_with_the_shipped_checkpoi
     seq = decode_prompt(model, task, 0)
     with precision.autocast("bf16", "cpu"):
         (bf16,) = decode.greedy(model, seq)
-        generated = list(bf16.tokens[:-1])  # everything the decoder fed back (the end is never fed)
-        fed = np.array([next_position(model.cfg.format, len(seq), generated[:k]) for k in range(len(generated))])
-        fed = fed.reshape(-1, 3)  # (generated, 3): row, column, third coordinate of each fed-back token
-        args = [np.concatenate([seq.tokens, generated])]
-        args += [np.concatenate([a, b]) for a, b in zip((seq.rows, seq.cols, seq.pos), fed.T)]
-        with torch.inference_mode():
+    generated = list(bf16.tokens[:-1])  # everything the decoder fed back (the end is never fed)
+    fed = np.array([next_position(model.cfg.format, len(seq), generated[:k]) for k in range(len(generated))])
+    fed = fed.reshape(-1, 3)  # (generated, 3): row, column, third coordinate of each fed-back token
+    args = [np.concatenate([seq.tokens, generated])]
+    args += [np.concatenate([a, b]) for a, b in zip((seq.rows, seq.cols, seq.pos), fed.T)]
+
+    def full_forward_logprob(p: str) -> float:
+        """Log-probability of the decoder's choices under one uncached forward of the whole sequence."""
+        with precision.autocast(p, "cpu"), torch.inference_mode():
             inputs = (torch.as_tensor(a, dtype=torch.int64)[None] for a in args)
             full = model(*inputs, task=torch.tensor([seq.task])).float()  # (1, T, V)
-    # the cached decoder's choices at each step are the full forward's (greedy: same argmax on the allowed tokens)
-    steps = full[0, len(seq) - 1 :]  # (generated + 1, V): the logits that chose each generated token and the end
-    logprob = sum(
-        decode._choice_logprobs(steps[k])[decode.CHOICES.index(t)].item() for k, t in enumerate(bf16.tokens)
-    )
-    assert bf16.logprob == pytest.approx(logprob, abs=1e-3 * len(bf16.tokens))  # seen: under 1e-4 per token
+        steps = full[0, len(seq) - 1 :]  # (generated + 1, V): the logits that chose each generated token and the end
+        return sum(decode._choice_logprobs(steps[k])[decode.CHOICES.index(t)].item() for k, t in enumerate(bf16.tokens))
+
+    exact, rounded = full_forward_logprob("fp32"), full_forward_logprob("bf16")
+    # the cache adds no error of its own: the cached bf16 decoder is as close to the exact (fp32, uncached) value as
+    # bf16 rounding puts the uncached forward (seen: 0.11 for a sharp model on an uncertain cell); a wrong position or
+    # mask in the cache is off by order 1 per token
+    assert abs(bf16.logprob - exact) <= 1e-3 * len(bf16.tokens) + abs(rounded - exact)
     (fp32,) = decode.greedy(model, seq)
     assert bf16.grid == fp32.grid  # on the bundled tasks bf16 does not change the greedy answer
+    assert fp32.logprob == pytest.approx(exact, abs=1e-4 * len(fp32.tokens))  # and in fp32 the cache is exact
