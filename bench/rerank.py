@@ -4,9 +4,9 @@ no model runs, it re-reads the candidates `onn-arc eval` stored (results.jsonl) 
     python bench/rerank.py runs/chain/stage-3/eval --split arc1-dev
 
 Rules (each ranks the distinct grids of one test input; the top two are the attempts, through `two_attempts`):
-- votes: the views that produced the grid, then their summed log-probability (what `solve.vote` does today);
+- votes: the views that produced the grid, then their summed log-probability (`solve.vote` until 2026-12-04);
 - copy-last: votes, with the grid equal to the test input (the copy guess) ranked last: an ARC output almost
-  never equals its input, so the copy is submitted only when nothing else was found;
+  never equals its input, so the copy is submitted only when nothing else was found (`solve.vote` since);
 - mean-logprob: the log-probability per producing view, votes ignored;
 - oracle: the right grid wherever it is among the candidates (a ceiling for every rule, not a rule).
 

@@ -67,6 +67,19 @@ def test_vote_ranks_by_views_then_logprob_after_mapping_back():
     np.testing.assert_allclose(answer.activation, answer.confidence / 2)
 
 
+def test_vote_ranks_a_copy_of_the_test_input_last():
+    task = stub_task()
+    views = solve.choose_views(task, 3, 0)
+    given = task.test[0].input
+    found = [[candidate(view.apply_grid(given), -0.1)] for view in views]  # every view copies the input...
+    found[2].append(candidate(views[2].apply_grid(TRUTH), -3.0))  # ...one also finds the truth, unlikely
+    answer = solve.vote(views, found, given)
+    assert answer.attempts == (TRUTH, given)
+    assert [(c.grid, c.votes) for c in answer.candidates] == [(TRUTH, 1), (given, 3)]
+    answer = solve.vote(views, found[:2] + [found[2][:1]], given)
+    assert answer.attempts == (given, given)  # nothing else found: the copy is still submitted
+
+
 def test_two_attempts_are_always_two_grids():
     given = ((9,),)
     assert solve.two_attempts([], given) == (given, given)  # nothing found: copy the input
@@ -134,7 +147,7 @@ def test_solve_task_with_dfs_returns_distinct_ranked_candidates():
         model.head.weight.mul_(4)  # peaky, so the search ends quickly
     cfg = FAST.model_copy(update={"ttt_steps": 0, "sampler": "dfs", "min_prob": 0.05, "views": 3})
     (answer,) = solve.solve_task(model, task, cfg).tests
-    keys = [(-c.votes, -c.logprob) for c in answer.candidates]
+    keys = [(c.grid == task.test[0].input, -c.votes, -c.logprob) for c in answer.candidates]
     assert keys == sorted(keys) and len({c.grid for c in answer.candidates}) == len(answer.candidates)
     assert answer.attempts == solve.two_attempts([c.grid for c in answer.candidates], task.test[0].input)
 
