@@ -26,6 +26,7 @@ records of older runs with fewer than two attempts per test are completed by `tw
 import json
 import multiprocessing
 import os
+import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor, as_completed
@@ -255,7 +256,15 @@ _worker: dict[str, Any] = {}
 
 def _init_worker(folder: str, device: str, threads: int) -> None:
     torch.set_num_threads(threads)
+    threading.Thread(target=_exit_with, args=(os.getppid(),), daemon=True).start()
     _worker["model"] = load_checkpoint(folder, device=device).model
+
+
+def _exit_with(parent: int) -> None:
+    """A worker outlives a parent killed by SIGTERM or SIGKILL: it watches and exits with it."""
+    while os.getppid() == parent:
+        time.sleep(1)
+    os._exit(1)
 
 
 def _run_in_worker(task: Task, cfg: SolveConfig) -> dict[str, Any]:

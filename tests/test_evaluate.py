@@ -2,6 +2,9 @@
 recorded, the teacher-forced loss, and `onn-arc eval` through CliRunner."""
 
 import json
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -245,6 +248,37 @@ def test_the_report_says_whether_the_checkpoint_trained_on_the_tasks_demos(unint
 def test_two_worker_processes_give_the_same_report(checkpoint, uninterrupted, tmp_path):
     report = evaluate(checkpoint, TASKS, CFG, tmp_path, workers=2).report
     assert without_timing(report) == without_timing(uninterrupted[1])
+
+
+ORPHAN = """
+import multiprocessing, os, signal, sys
+from onn_arc.evaluate import _exit_with
+
+if __name__ == "__main__":
+    worker = multiprocessing.get_context("spawn").Process(target=_exit_with, args=(os.getpid(),))
+    worker.start()
+    open(sys.argv[1], "w").write(str(worker.pid))
+    os.kill(os.getpid(), signal.SIGKILL)
+"""
+
+
+def _gone(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().split(")")[-1].split()[0] in ("Z", "X")  # a zombie has exited
+    except FileNotFoundError:
+        return True
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads /proc")
+def test_a_worker_exits_when_its_parent_is_killed(tmp_path):
+    script = tmp_path / "parent.py"
+    script.write_text(ORPHAN)
+    subprocess.run([sys.executable, str(script), str(tmp_path / "pid")], timeout=60)
+    worker = int((tmp_path / "pid").read_text())
+    deadline = time.monotonic() + 30
+    while not _gone(worker) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert _gone(worker)
 
 
 # ---------------------------------------------------------------- the CLI
