@@ -23,7 +23,7 @@ test-all: $(STAMP)
 
 # The main job: solve a bundled example task with the shipped checkpoint (checkpoints/default).
 run: $(STAMP)
-	$(ONNARC) solve data/6150a2bd.json --threads 2
+	$(ONNARC) solve 15696249 --threads 2
 
 # One stage of the long training of the default recipe (the pair format, base preset; the 320 ARC-AGI-1 training
 # tasks outside the dev set and the 233 ARC-AGI-2 training tasks in no ARC-AGI-1 split, as the README's chain):
