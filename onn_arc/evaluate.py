@@ -261,7 +261,7 @@ def _init_worker(folder: str, device: str, threads: int) -> None:
 
 
 def _exit_with(parent: int) -> None:
-    """A worker outlives a parent killed by SIGTERM or SIGKILL: it watches and exits with it."""
+    """Exit once `parent` is gone, so a worker never outlives an eval killed by SIGTERM or SIGKILL."""
     while os.getppid() == parent:
         time.sleep(1)
     os._exit(1)
