@@ -81,17 +81,21 @@ class TrainingData(BaseModel):
     @classmethod
     def union(cls, parts: Sequence["TrainingData"]) -> "TrainingData":
         """Everything `parts` (training stages) saw together: sources in first-use order, every id whose test
-        outputs were seen, and as demo-only the sources never trained on with their test outputs. `n_tasks` adds
-        up the parts' counts, a part equal to an earlier one counting once (the usual case: one data set, several
-        stages); a task two different parts used counts twice."""
-        unique = list({part.model_dump_json(): part for part in parts}.values())
+        outputs were seen, and as demo-only the sources never trained on with their test outputs. A source names a
+        fixed set of tasks, so in `n_tasks` a part whose sources are among another part's adds no task (several
+        stages on one data set; a later stage adding a source); parts whose sources overlap without nesting are
+        added up, an upper bound."""
+        tasks_by_sources: dict[frozenset[str], int] = {}
+        for part in parts:
+            key = frozenset(part.sources)
+            tasks_by_sources[key] = max(tasks_by_sources.get(key, 0), part.n_tasks)
         test_outputs_from = _ordered_union(part.test_outputs_from for part in parts)
         return cls(
             sources=_ordered_union(part.sources for part in parts),
             test_outputs_from=test_outputs_from,
             demos_only=[s for s in _ordered_union(part.demos_only for part in parts) if s not in test_outputs_from],
             task_ids_with_test_outputs=_ordered_union(part.task_ids_with_test_outputs for part in parts),
-            n_tasks=sum(part.n_tasks for part in unique),
+            n_tasks=sum(n for key, n in tasks_by_sources.items() if not any(key < other for other in tasks_by_sources)),
         )
 
     def covers(self, other: "TrainingData") -> bool:

@@ -320,8 +320,16 @@ def test_union_over_stages():
     later = TrainingData(sources=["e"], test_outputs_from=["e"], demos_only=[], task_ids_with_test_outputs=["a"], n_tasks=3)
     union = TrainingData.union([demos, demos, later])
     assert union.sources == ["e", "t"] and union.test_outputs_from == ["t", "e"] and union.demos_only == []
-    assert union.task_ids_with_test_outputs == ["a", "b"] and union.n_tasks == 8  # equal stages count once
+    assert union.task_ids_with_test_outputs == ["a", "b"] and union.n_tasks == 5  # e's tasks are among demos' 5
     assert union.covers(demos) and union.covers(later) and not demos.covers(union)
+
+
+def test_union_counts_a_task_once_when_a_stage_adds_a_source():
+    first = TrainingData(sources=["t"], test_outputs_from=["t"], demos_only=[], task_ids_with_test_outputs=["a"], n_tasks=3)
+    added = TrainingData(sources=["t", "e"], test_outputs_from=["t"], demos_only=["e"], task_ids_with_test_outputs=["a"], n_tasks=7)
+    other = TrainingData(sources=["x"], test_outputs_from=["x"], demos_only=[], task_ids_with_test_outputs=["z"], n_tasks=2)
+    assert TrainingData.union([first, first, added]).n_tasks == 7  # not 3 + 7
+    assert TrainingData.union([first, other]).n_tasks == 5  # disjoint sources add up
 
 
 # ---------------------------------------------------------------- stages
