@@ -4,7 +4,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed-stamp
 ONNARC := $(VENV)/bin/onn-arc
 
-.PHONY: install test test-all run ship bench-model bench-optim bench-fit bench-solve bench-sparsity ablations bench-formats curve train-stage clean
+.PHONY: install test test-all run ship bench-model bench-optim bench-fit bench-solve bench-sparsity ablations bench-formats bench-colours curve train-stage clean
 
 $(PY):
 	python3 -m venv $(VENV)
@@ -65,6 +65,10 @@ ablations: $(STAMP)
 # The format comparison: in-context vs the pair format and its parts, equal training time, scored on arc1-dev (resumable).
 bench-formats: $(STAMP)
 	$(PY) bench/formats.py
+
+# Solve-time colour augmentations (all colours, input colours only, ...) on the 80 dev tasks, split by new colour (~20 min an arm; resumable).
+bench-colours: $(STAMP)
+	$(PY) bench/colours.py
 
 # The training-length curve of the shipped recipe: stages chained with --init, each scored on dev tasks (hours; resumable).
 curve: $(STAMP)

@@ -1,7 +1,9 @@
 """Whole-task augmentations with exact inverses (DESIGN §2).
 
 One `Augmentation` is applied to every grid of a task, demos and test alike: a dihedral map, a permutation of colours (0,
-the usual background, fixed unless asked otherwise) and a new order of the train pairs. Colour and dihedral maps act on
+the usual background, fixed unless asked otherwise) and a new order of the train pairs. A random permutation may move
+every colour, or only the colours of the task's inputs among themselves (`input_colours`): then a colour that only an
+output brings ("fill the holes with yellow") keeps its meaning under every augmentation of the task. Colour and dihedral maps act on
 cells and positions respectively, so they commute, and `inverse()` undoes all three exactly. Randomness comes only from
 the generator passed to `random`.
 
@@ -17,6 +19,7 @@ Dihedral maps, as numpy operations on an (H, W) array `a` (`transpose first when
     7  np.fliplr(a)           flip left to right   (= np.rot90(a.T, 3))
 """
 
+from collections.abc import Collection
 from dataclasses import dataclass
 
 import numpy as np
@@ -30,6 +33,12 @@ INVERSE_DIHEDRAL = (0, 3, 2, 1, 4, 5, 6, 7)  # rotations undo each other; the fo
 def dihedral_map(a: np.ndarray, dihedral: int) -> np.ndarray:
     """Dihedral map number `dihedral` (table above) of an (H, W) array of cells or per-cell values."""
     return np.rot90(a.T if dihedral >= 4 else a, dihedral % 4)
+
+
+def input_colours(task: Task) -> frozenset[int]:
+    """The colours of every input grid of `task`, demos and test inputs (never an output)."""
+    grids = [p.input for p in task.train + task.test]
+    return frozenset(int(c) for g in grids for c in np.unique(as_array(g)))
 
 
 def _is_permutation(values: tuple[int, ...], n: int) -> bool:
@@ -62,11 +71,19 @@ class Augmentation:
         dihedral: bool = True,
         colours: bool = True,
         shuffle: bool = True,
+        movable: Collection[int] | None = None,
     ) -> "Augmentation":
-        """A random augmentation; each part can be switched off (then it is the identity)."""
+        """A random augmentation; each part can be switched off (then it is the identity). `movable`: the colours
+        permuted (among themselves), every other colour fixed; None: all ten. Colour 0 stays with `keep_background`."""
         d = int(rng.integers(8)) if dihedral else 0
         if not colours:
             perm = tuple(range(N_COLOURS))
+        elif movable is not None:
+            moved = sorted(set(movable) - {0} if keep_background else set(movable))
+            perm_list = list(range(N_COLOURS))
+            for old, new in zip(moved, rng.permutation(moved).tolist(), strict=True):
+                perm_list[old] = new
+            perm = tuple(perm_list)
         elif keep_background:
             perm = (0, *(1 + rng.permutation(N_COLOURS - 1)).tolist())
         else:

@@ -5,7 +5,10 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+import numpy as np
+
 from onn_arc import tokens
+from onn_arc.augment import Augmentation
 from onn_arc.errors import ConfigError
 from onn_arc.precision import Precision
 
@@ -13,6 +16,7 @@ from onn_arc.precision import Precision
 CodeInit = Literal["mean", "zero"]  # pairs: a new task's code starts at the trained codes' mean, or at zero
 TttParams = Literal["all", "code"]  # pairs: test-time training updates every weight, or the task code alone
 GateForm = Literal["softmax", "median"]  # the SML gate loss's form (losses.py): over units, or per unit
+ColourScope = Literal["all", "inputs"]  # a colour permutation moves every colour, or the task's input colours only
 OptimizerName = Literal["gn", "adamw", "muon"]  # Gauss-Newton, AdamW, or Muon on weight matrices (AdamW elsewhere)
 
 
@@ -103,6 +107,13 @@ class AugmentConfig(BaseModel):
     colours: bool = True  # a random colour permutation
     keep_background: bool = True  # colour 0 stays 0 under the permutation
     shuffle: bool = True  # random demo order
+    colour_scope: ColourScope = "all"  # the permutation moves every colour, or only the task's input colours among
+    # themselves, so that a colour only outputs bring keeps its meaning under the task's code (augment.py)
+
+    def draw(self, rng: np.random.Generator, n_train: int, inputs: frozenset[int]) -> Augmentation:
+        """A random augmentation of a task with `n_train` demos whose input grids hold the colours `inputs`."""
+        movable = inputs if self.colour_scope == "inputs" else None
+        return Augmentation.random(rng, n_train, self.keep_background, self.dihedral, self.colours, self.shuffle, movable)
 
 
 class OptimizerConfig(BaseModel):

@@ -32,8 +32,8 @@ import numpy as np
 import torch
 
 from onn_arc import decode
-from onn_arc.augment import INVERSE_DIHEDRAL, Augmentation, dihedral_map
-from onn_arc.config import CodeInit, ModelConfig, SolveConfig, TrainConfig
+from onn_arc.augment import INVERSE_DIHEDRAL, Augmentation, dihedral_map, input_colours
+from onn_arc.config import AugmentConfig, CodeInit, ModelConfig, SolveConfig, TrainConfig
 from onn_arc.data import Grid, Pair, Task
 from onn_arc.errors import ConfigError, TaskError
 from onn_arc.model import TinyONN
@@ -223,10 +223,12 @@ def fine_tune(
 # ---------------------------------------------------------------- views and voting
 
 
-def choose_views(task: Task, n: int, seed: int) -> list[Augmentation]:
-    """View 0 is the task as given; the others are random whole-task augmentations (seeded)."""
+def choose_views(task: Task, n: int, seed: int, augment: AugmentConfig) -> list[Augmentation]:
+    """View 0 is the task as given; the others are random whole-task augmentations drawn as `augment` says, as
+    test-time training draws them (seeded)."""
     rng = np.random.default_rng([seed, 1 << 20])
-    return [Augmentation.identity(len(task.train))] + [Augmentation.random(rng, len(task.train)) for _ in range(n - 1)]
+    inputs, n_train = input_colours(task), len(task.train)
+    return [Augmentation.identity(n_train)] + [augment.draw(rng, n_train, inputs) for _ in range(n - 1)]
 
 
 def two_attempts(ranked: list[Grid], test_input: Grid) -> TwoAttempts:
@@ -290,7 +292,7 @@ def solve_task(
     tuned, steps, seconds, loss = fine_tune(model, task, cfg, on_progress)
     if on_tuned is not None:
         on_tuned(tuned)
-    views = choose_views(task, cfg.views, cfg.seed)
+    views = choose_views(task, cfg.views, cfg.seed, cfg.augment)
     found: list[list[list[decode.Candidate]]] = [[] for _ in task.test]  # [test][view] -> candidates
     total = len(views) * len(task.test)
     for v, view in enumerate(views):

@@ -44,7 +44,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from onn_arc.augment import Augmentation
+from onn_arc.augment import Augmentation, input_colours
 from onn_arc.checkpoint import MODEL_FILE, LoadedCheckpoint, Stage, TrainingData, load_checkpoint, save_checkpoint
 from onn_arc.config import AugmentConfig, ModelConfig, OptimizerConfig, TrainConfig
 from onn_arc.data import Pair, Task, load_source
@@ -74,6 +74,10 @@ class Example:
         """Its tokens with every demo, in its longest orientation: what the batcher buckets by."""
         return task_room(self.task, self.test_index)
 
+    @functools.cached_property
+    def input_colours(self) -> frozenset[int]:
+        return input_colours(self.task)
+
     def encode(self, aug: Augmentation, max_len: int) -> Sequence:
         """The augmented sequence; TaskError when its test pair alone exceeds `max_len`."""
         return encode_task(aug.apply(self.task), test_index=self.test_index, max_len=max_len)
@@ -94,13 +98,17 @@ class PairExample:
         """Its tokens in its longest orientation: what the batcher buckets by."""
         return pair_room(self.pair)
 
+    @functools.cached_property
+    def input_colours(self) -> frozenset[int]:
+        return input_colours(self.task)
+
     def encode(self, aug: Augmentation, max_len: int) -> Sequence:
         """The augmented pair (demo order means nothing here); TaskError when it exceeds `max_len`."""
         answer = self.pair.output is not None
         return encode_pair(aug.apply_pair(self.pair), self.code, answer, self.input_loss, max_len)
 
 
-Entry = Example | PairExample  # a pool entry: `task`, `length`, `encode(aug, max_len)`
+Entry = Example | PairExample  # a pool entry: `task`, `length`, `input_colours`, `encode(aug, max_len)`
 
 
 def pair_examples(task: Task, code: int, test_outputs: bool, input_loss: bool) -> list[PairExample]:
@@ -198,14 +206,7 @@ def sample_batch(
     for _ in range(100 * len(pool)):
         i = int(order[rng.integers(*window)])
         ex = pool[i]
-        aug = Augmentation.random(
-            rng,
-            len(ex.task.train),
-            keep_background=augment.keep_background,
-            dihedral=augment.dihedral,
-            colours=augment.colours,
-            shuffle=augment.shuffle,
-        )
+        aug = augment.draw(rng, len(ex.task.train), ex.input_colours)
         try:
             seq = ex.encode(aug, max_len)
         except TaskError:  # its test pair alone exceeds the context

@@ -7,7 +7,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from onn_arc.augment import Augmentation
+from onn_arc.augment import Augmentation, input_colours
+from onn_arc.config import AugmentConfig
 from onn_arc.data import Pair, Task, as_array, from_array
 
 FAST = settings(max_examples=60, deadline=None)  # per test, so no global hypothesis profile is changed
@@ -113,6 +114,35 @@ def test_random_options():
     moved = [Augmentation.random(rng, 3, keep_background=False).colours[0] for _ in range(50)]
     assert len(set(moved)) > 1  # background takes part in the permutation
     assert len({Augmentation.random(rng, 3).dihedral for _ in range(80)}) == 8
+
+
+@FAST
+@given(st.integers(0, 2**32 - 1), st.booleans())
+def test_input_scope_moves_only_input_colours_among_themselves(seed, keep_background):
+    # inputs hold 0, 1, 2, 5; outputs bring 4 ("fill with yellow"): 4 must never move under the task's augmentations
+    task = Task(
+        id="t",
+        train=(Pair(input=((0, 1), (2, 0)), output=((4, 4), (2, 1))),) * 2,
+        test=(Pair(input=((5, 1),)),),
+    )
+    inputs = input_colours(task)
+    assert inputs == {0, 1, 2, 5}
+    cfg = AugmentConfig(colour_scope="inputs", keep_background=keep_background)
+    aug = cfg.draw(np.random.default_rng(seed), 2, inputs)
+    moved = {c for c in range(10) if aug.colours[c] != c}
+    assert moved <= (inputs - {0} if keep_background else inputs)
+    assert {aug.colours[c] for c in inputs} == inputs  # input colours map onto input colours
+    assert aug.colours[4] == 4
+
+
+def test_input_scope_permutes_when_it_can():
+    rng = np.random.default_rng(0)
+    cfg = AugmentConfig(colour_scope="inputs")
+    maps = {cfg.draw(rng, 1, frozenset({0, 3, 7, 8})).colours for _ in range(60)}
+    assert len(maps) == 6  # all 3! orders of 3, 7, 8 (0 is the background)
+    assert AugmentConfig().draw(np.random.default_rng(0), 1, frozenset({0, 3})) == Augmentation.random(
+        np.random.default_rng(0), 1
+    )  # scope "all" draws exactly as before
 
 
 def test_json_round_trip():

@@ -45,7 +45,7 @@ def candidate(grid, logprob: float, confidence: np.ndarray | None = None) -> Can
 
 def test_vote_ranks_by_views_then_logprob_after_mapping_back():
     task = stub_task()
-    views = solve.choose_views(task, 4, seed=3)
+    views = solve.choose_views(task, 4, 3, AugmentConfig())
     assert views[0] == Augmentation.identity(3) and all(v.dihedral or v.colours != views[0].colours for v in views[1:])
     confidence = np.array([[0.9, 0.8, 0.7], [0.6, 0.5, 0.4]])  # per cell of TRUTH, in the task's orientation
     found = []
@@ -69,7 +69,7 @@ def test_vote_ranks_by_views_then_logprob_after_mapping_back():
 
 def test_vote_ranks_a_copy_of_the_test_input_last():
     task = stub_task()
-    views = solve.choose_views(task, 3, 0)
+    views = solve.choose_views(task, 3, 0, AugmentConfig())
     given = task.test[0].input
     found = [[candidate(view.apply_grid(given), -0.1)] for view in views]  # every view copies the input...
     found[2].append(candidate(views[2].apply_grid(TRUTH), -3.0))  # ...one also finds the truth, unlikely
@@ -90,7 +90,7 @@ def test_two_attempts_are_always_two_grids():
 
 def test_vote_with_one_or_no_grid_still_gives_two_attempts():
     task = stub_task()
-    views = solve.choose_views(task, 2, 0)
+    views = solve.choose_views(task, 2, 0, AugmentConfig())
     given = task.test[0].input
     answer = solve.vote(views, [[], []], given)
     assert answer.attempts == (given, given) and answer.candidates == () and answer.confidence is None

@@ -33,6 +33,7 @@ PrecisionOpt = Annotated[
 ]
 
 DEFAULT = SolveConfig()
+DEFAULT_COLOURS = DEFAULT.augment.colour_scope if DEFAULT.augment.colours else "off"  # --colours
 
 # The solve options, shared by `onn-arc solve` and `onn-arc eval`.
 TttStepsOpt = Annotated[int, typer.Option(min=0, help="Test-time training steps on the task's demos (0: off).")]
@@ -52,6 +53,19 @@ CodeInitOpt = Annotated[
     CodeInit,
     typer.Option(help="Pair format: a task without a trained code starts from the trained codes' mean or from zero."),
 ]
+ColoursOpt = Annotated[
+    Literal["all", "inputs", "off"],
+    typer.Option(
+        help="Colour permutations of test-time training and the views: every colour, only the task's input colours "
+        "among themselves (colours only outputs bring keep their meaning), or none."
+    ),
+]
+DihedralOpt = Annotated[
+    bool, typer.Option(help="Rotations and reflections in test-time training and the views.")
+]
+BackgroundOpt = Annotated[
+    bool, typer.Option("--keep-background/--move-background", help="Colour 0 stays fixed under colour permutations.")
+]
 OutFileOpt = Annotated[
     Path | None,
     typer.Option("--out", help="Write the Kaggle submission {task_id: [...]} of the task(s) here.", show_default=False),
@@ -69,6 +83,9 @@ def solve_config(
     precision: str = DEFAULT.precision,
     ttt_params: str = DEFAULT.ttt_params,
     task_code_init: str = DEFAULT.task_code_init,
+    colours: str = DEFAULT_COLOURS,
+    dihedral: bool = DEFAULT.augment.dihedral,
+    keep_background: bool = DEFAULT.augment.keep_background,
 ) -> SolveConfig:
     """The SolveConfig the shared options describe (everything else at its default)."""
     fields = dict(
@@ -76,8 +93,10 @@ def solve_config(
         ttt_params=ttt_params, task_code_init=task_code_init,
     )  # fmt: skip
     optimizer = DEFAULT.optimizer.model_dump() | {"name": ttt_optimizer}
+    augment = DEFAULT.augment.model_dump() | {"dihedral": dihedral, "keep_background": keep_background}
+    augment |= {"colours": False} if colours == "off" else {"colours": True, "colour_scope": colours}
     try:
-        return SolveConfig.model_validate(fields | {"optimizer": optimizer, "seed": seed})
+        return SolveConfig.model_validate(fields | {"optimizer": optimizer, "augment": augment, "seed": seed})
     except ValidationError as e:
         raise ConfigError(one_line(e, "solve options")) from None
 

@@ -15,9 +15,13 @@ from onn_arc.checkpoint import default_checkpoint
 from onn_arc.cli.app import app
 from onn_arc.cli.common import (
     CheckpointOpt,
+    BackgroundOpt,
     CodeInitOpt,
+    ColoursOpt,
     DEFAULT,
+    DEFAULT_COLOURS,
     DeviceOpt,
+    DihedralOpt,
     JsonOpt,
     MinProbOpt,
     PrecisionOpt,
@@ -137,6 +141,9 @@ def eval_command(
     ttt_params: TttParamsOpt = DEFAULT.ttt_params,
     task_code_init: CodeInitOpt = DEFAULT.task_code_init,
     views: ViewsOpt = DEFAULT.views,
+    colours: ColoursOpt = DEFAULT_COLOURS,
+    dihedral: DihedralOpt = DEFAULT.augment.dihedral,
+    keep_background: BackgroundOpt = DEFAULT.augment.keep_background,
     sampler: SamplerOpt = DEFAULT.sampler,
     min_prob: MinProbOpt = DEFAULT.min_prob,
     seed: SeedOpt = DEFAULT.seed,
@@ -153,8 +160,9 @@ def eval_command(
     if threads:
         torch.set_num_threads(threads)
     cfg = solve_config(
-        ttt_steps, ttt_seconds, ttt_optimizer, views, sampler, min_prob, seed, precision, ttt_params, task_code_init
-    )
+        ttt_steps, ttt_seconds, ttt_optimizer, views, sampler, min_prob, seed, precision, ttt_params, task_code_init,
+        colours, dihedral, keep_background,
+    )  # fmt: skip
     chosen = select(data.load_source(split), tasks, limit, split)
     folder = checkpoint or default_checkpoint()
     out_dir = out_dir or default_out(split, folder)

@@ -19,9 +19,13 @@ from onn_arc.checkpoint import default_checkpoint, load_checkpoint
 from onn_arc.cli.app import app
 from onn_arc.cli.common import (
     CheckpointOpt,
+    BackgroundOpt,
     CodeInitOpt,
+    ColoursOpt,
     DEFAULT,
+    DEFAULT_COLOURS,
     DeviceOpt,
+    DihedralOpt,
     JsonOpt,
     MinProbOpt,
     PrecisionOpt,
@@ -188,6 +192,9 @@ def solve(
     ttt_params: TttParamsOpt = DEFAULT.ttt_params,
     task_code_init: CodeInitOpt = DEFAULT.task_code_init,
     views: ViewsOpt = DEFAULT.views,
+    colours: ColoursOpt = DEFAULT_COLOURS,
+    dihedral: DihedralOpt = DEFAULT.augment.dihedral,
+    keep_background: BackgroundOpt = DEFAULT.augment.keep_background,
     sampler: SamplerOpt = DEFAULT.sampler,
     min_prob: MinProbOpt = DEFAULT.min_prob,
     seed: SeedOpt = DEFAULT.seed,
@@ -206,8 +213,9 @@ def solve(
     if threads:
         torch.set_num_threads(threads)
     cfg = solve_config(
-        ttt_steps, ttt_seconds, ttt_optimizer, views, sampler, min_prob, seed, precision, ttt_params, task_code_init
-    )
+        ttt_steps, ttt_seconds, ttt_optimizer, views, sampler, min_prob, seed, precision, ttt_params, task_code_init,
+        colours, dihedral, keep_background,
+    )  # fmt: skip
     tasks = load_tasks(task)
     if explain and len(tasks) > 1:
         raise ConfigError(f"--explain draws one task; {task} holds {len(tasks)}")
