@@ -164,7 +164,7 @@ class CheckpointMeta(BaseModel):
         demos), else those with a task code (pair format; ids are shared across ARC versions, as in `leaks_into`)."""
         if source is not None and source in self.data.sources:
             return [task.id for task in tasks]
-        coded = set(self.model.task_ids)
+        coded = self.model.coded_tasks
         return [task.id for task in tasks if task.id in coded]
 
     def totals(self) -> dict[str, Metric | None]:

@@ -13,6 +13,7 @@ from onn_arc.errors import ConfigError
 from onn_arc.precision import Precision
 
 
+COPY_MARK = "#"  # a copy's code key: task id, COPY_MARK, the copy's augmentation (`code_key`)
 CodeInit = Literal["mean", "zero"]  # pairs: a new task's code starts at the trained codes' mean, or at zero
 TttParams = Literal["all", "code"]  # pairs: test-time training updates every weight, or the task code alone
 GateForm = Literal["softmax", "median"]  # the SML gate loss's form (losses.py): over units, or per unit
@@ -45,6 +46,9 @@ class ModelConfig(BaseModel):
     task_ids: tuple[str, ...] = ()  # pairs: the task of each row of the task-code table (its size is their number)
     task_codes: bool = True  # pairs: add the task's code to every token (False: the ablation without codes)
     planes: bool = True  # pairs: rotary over the plane too (False: (row, column) only, the 2-D ablation)
+    copies: int = Field(default=0, ge=0)  # pairs: 0, one code per task, whatever augmentation a pair shows; K, one code
+    # per augmented copy of a task (K fixed copies per task in training, one per view at solve time; train.copies_of),
+    # each row of task_ids then a `code_key` naming the task and the copy's augmentation
 
     @model_validator(mode="after")
     def _head_dim(self) -> "ModelConfig":
@@ -57,6 +61,8 @@ class ModelConfig(BaseModel):
             raise ValueError(f"task_ids: task codes are for format='pairs', not '{self.format}'")
         if len(set(self.task_ids)) != len(self.task_ids):
             raise ValueError("task_ids: a task id appears twice")
+        if self.copies and not (self.format == "pairs" and self.task_codes):
+            raise ValueError("copies: codes per augmented copy need format='pairs' with task codes")
         if self.format != "pairs" and not (self.task_codes and self.planes):
             raise ValueError(f"task_codes and planes are switches of format='pairs', not '{self.format}'")
         return self
@@ -68,6 +74,11 @@ class ModelConfig(BaseModel):
     @property
     def n_task_codes(self) -> int:
         return len(self.task_ids)
+
+    @property
+    def coded_tasks(self) -> frozenset[str]:
+        """The ids of the tasks with codes (with copies, each task once, however many copies it has)."""
+        return frozenset(key.rsplit(COPY_MARK, 1)[0] if self.copies else key for key in self.task_ids)
 
     @classmethod
     def preset(cls, name: str, **overrides: object) -> "ModelConfig":

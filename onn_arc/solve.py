@@ -18,6 +18,9 @@ In the pair format (DESIGN §3b) the task is conditioned on its code: the code i
 saw the task's demos (transductive training), else a fresh code on a copy of the model (`SolveConfig.task_code_init`).
 Test-time training then trains on the task's demos as pairs (every demo is a training pair, the code alone or
 the code and the weights: `SolveConfig.ttt_params`), and each view decodes its test inputs as pair prompts.
+A model with codes per augmented copy (`ModelConfig.copies`) solves the task as copies: each view is one of the task's
+copies (`train.copies_of`, the identity first) with its own code, test-time training fits each view's demos in that
+view under its code, and each view decodes under its code; so no code is shown its rule under two colour maps.
 
 Everything random comes from `cfg.seed`: the same model, task and config give the same solution (with a step
 budget; a wall-clock budget stops wherever the time runs out).
@@ -25,7 +28,7 @@ budget; a wall-clock budget stops wherever the time runs out).
 
 import copy
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 import numpy as np
@@ -40,7 +43,8 @@ from onn_arc.model import TinyONN
 from onn_arc.scoring import TwoAttempts
 from onn_arc.tokens import Sequence, encode_pair, encode_task, grid_room
 from onn_arc.train import (
-    Entry, Example, leave_one_out, lr_factor, make_optimizer, pair_examples, sample_batch, step_generators, train_step,
+    Entry, Example, code_key, copies_of, leave_one_out, lr_factor, make_optimizer, pair_examples, sample_batch,
+    step_generators, train_step,
 )  # fmt: skip
 
 PAIR_OPTIONS = ("ttt_params", "task_code_init")  # SolveConfig fields that only the pair format uses
@@ -123,14 +127,25 @@ def prompt(task: Task, test_index: int, max_len: int) -> Sequence:
     return encode_task(task, test_index, max_len=max_len - output_room(task), answer=False)
 
 
-def with_task_code(model: TinyONN, task: Task, init: CodeInit) -> TinyONN:
-    """Pair format: `model` itself when it has a code for the task (trained on its demos: transductive), else a deep
-    copy with a fresh code for it (the model given is never changed). Augmented views keep the task's id, so
-    `code_of` finds the code in every view. The context format has no codes: `model` itself."""
-    if model.cfg.format != "pairs" or task.id in model.cfg.task_ids:
+def view_key(model: ModelConfig, task: Task, view: Augmentation | None = None) -> str:
+    """The code key of the task in `view` (None: as given): the task's own code, whatever the view, or, in a model
+    with codes per copy, the code of that copy."""
+    if not model.copies:
+        return task.id
+    return code_key(task.id, view or Augmentation.identity(len(task.train)))
+
+
+def with_task_code(model: TinyONN, task: Task, init: CodeInit, views: Iterable[Augmentation | None] = (None,)) -> TinyONN:
+    """Pair format: `model` itself when it has a code for the task in every view (trained on its demos:
+    transductive), else a deep copy with fresh codes for those it lacks (the model given is never changed). The
+    context format has no codes: `model` itself."""
+    missing = [] if model.cfg.format != "pairs" else [view_key(model.cfg, task, v) for v in views]
+    missing = [key for key in dict.fromkeys(missing) if key not in model.cfg.task_ids]
+    if not missing:
         return model
     fresh = copy.deepcopy(model)
-    fresh.add_task_code(task.id, init)
+    for key in missing:
+        fresh.add_task_code(key, init)
     return fresh
 
 
@@ -144,9 +159,10 @@ def check_options(cfg: SolveConfig, model: ModelConfig) -> None:
         raise ConfigError(f"{', '.join(asked)}: only the pair format has task codes; this model is '{this}'")
 
 
-def code_of(model: TinyONN, task: Task) -> int:
-    """The task's row in the pair-format model's task-code table (0 in the context format, which has none)."""
-    return model.cfg.task_ids.index(task.id) if model.cfg.format == "pairs" else 0
+def code_of(model: TinyONN, task: Task, view: Augmentation | None = None) -> int:
+    """The task's row (in `view`, with codes per copy) in the pair-format model's task-code table (0 in the context
+    format, which has none)."""
+    return model.cfg.task_ids.index(view_key(model.cfg, task, view)) if model.cfg.format == "pairs" else 0
 
 
 # ---------------------------------------------------------------- test-time training
@@ -160,12 +176,15 @@ def _fits(task: Task, max_len: int) -> bool:
     return True
 
 
-def _ttt_pool(model: TinyONN, task: Task) -> list[Entry]:
-    """What test-time training trains on: leave-one-out pseudo-tasks (context) or the demos with the task's code
-    (pairs), those that fit the context."""
+def _ttt_pool(model: TinyONN, task: Task, views: list[Augmentation]) -> list[Entry]:
+    """What test-time training trains on, those that fit the context: leave-one-out pseudo-tasks (context); the
+    demos with the task's code (pairs), or, with codes per copy, each view's demos in that view with its code."""
     max_len = model.cfg.max_len
     if model.cfg.format == "pairs":
-        demos = pair_examples(task, code_of(model, task), test_outputs=False, input_loss=False)
+        copies = views if model.cfg.copies else [None]
+        demos = [
+            ex for v in copies for ex in pair_examples(task, code_of(model, task, v), False, False, v)
+        ]  # fmt: skip
         return [ex for ex in demos if ex.length <= max_len]
     return [Example(t, 0) for t in leave_one_out(task) if _fits(t, max_len)]
 
@@ -182,15 +201,19 @@ def _ttt_optimizer(tuned: TinyONN, cfg: SolveConfig) -> torch.optim.Optimizer:
 
 
 def fine_tune(
-    model: TinyONN, task: Task, cfg: SolveConfig, on_progress: Progress | None = None
+    model: TinyONN,
+    task: Task,
+    cfg: SolveConfig,
+    on_progress: Progress | None = None,
+    views: list[Augmentation] | None = None,
 ) -> tuple[TinyONN, int, float, float | None]:
     """(a fine-tuned deep copy of `model`, steps taken, seconds, last main loss); the model itself when switched
     off or when the task has nothing to train on that fits (context: fewer than two demos). In the pair format
-    `model` must have a code for the task (`with_task_code`); a pair-format option on a context-format model is a
-    ConfigError (`check_options`)."""
+    `model` must have a code for the task (in each of `views`, default `views_of`: `with_task_code`); a
+    pair-format option on a context-format model is a ConfigError (`check_options`)."""
     check_options(cfg, model.cfg)
     max_len = model.cfg.max_len
-    pool = _ttt_pool(model, task)
+    pool = _ttt_pool(model, task, views_of(model.cfg, task, cfg) if views is None else views)
     if cfg.ttt_steps == 0 or not pool:
         return model, 0, 0.0, None
     device = next(model.parameters()).device
@@ -231,6 +254,14 @@ def choose_views(task: Task, n: int, seed: int, augment: AugmentConfig) -> list[
     return [Augmentation.identity(n_train)] + [augment.draw(rng, n_train, inputs) for _ in range(n - 1)]
 
 
+def views_of(model: ModelConfig, task: Task, cfg: SolveConfig) -> list[Augmentation]:
+    """The views a task is solved in: `choose_views`, or, in a model with codes per copy, the task's first
+    `cfg.views` copies (`copies_of`: those it trained with, when it trained on the task's demos)."""
+    if model.copies:
+        return copies_of(task, cfg.views, cfg.augment)
+    return choose_views(task, cfg.views, cfg.seed, cfg.augment)
+
+
 def two_attempts(ranked: list[Grid], test_input: Grid) -> TwoAttempts:
     """The two attempts submitted for a test input, from its candidate grids ranked best first: the best two distinct
     ones; the best twice when there is only one; the test input itself twice (the copy-the-input guess) when there is
@@ -261,17 +292,19 @@ def vote(views: list[Augmentation], found: list[list[decode.Candidate]], test_in
     return Answer(attempts, tuple(ranked), mean_map("confidence"), mean_map("activation"))
 
 
-def decode_prompt(model: TinyONN, task: Task, test_index: int) -> Sequence:
-    """What the model decodes test input `test_index` from: in the pair format the input alone, conditioned on the
-    task's code (the model must have one: `with_task_code`); in the context format the task as a `prompt`."""
+def decode_prompt(model: TinyONN, task: Task, test_index: int, code: int | None = None) -> Sequence:
+    """What the model decodes test input `test_index` of a (possibly augmented) task from: in the pair format the
+    input alone, conditioned on code `code` (default: the task's, `code_of`; the model must have it:
+    `with_task_code`); in the context format the task as a `prompt`."""
     if model.cfg.format == "pairs":
-        return encode_pair(Pair(input=task.test[test_index].input), code_of(model, task), answer=False)
+        code = code_of(model, task) if code is None else code
+        return encode_pair(Pair(input=task.test[test_index].input), code, answer=False)
     return prompt(task, test_index, model.cfg.max_len)
 
 
-def decode_view(model: TinyONN, task: Task, test_index: int, cfg: SolveConfig) -> list[decode.Candidate]:
-    """Candidates for one test input of a (possibly augmented) task, in that task's orientation."""
-    seq = decode_prompt(model, task, test_index)
+def decode_view(model: TinyONN, task: Task, test_index: int, cfg: SolveConfig, code: int) -> list[decode.Candidate]:
+    """Candidates for one test input of a (possibly augmented) task, in that task's orientation, under `code`."""
+    seq = decode_prompt(model, task, test_index, code)
     if cfg.sampler == "dfs":
         return decode.dfs(model, seq, cfg.min_prob, cfg.max_candidates)
     return decode.greedy(model, seq)
@@ -288,17 +321,17 @@ def solve_task(
     outputs, if any, are never used here; `on_tuned` gets the model after test-time training, before decoding
     (evaluate.py scores the true outputs' loss with it). TaskError when a test input cannot fit the context."""
     check_fits(task, model.cfg.max_len)
-    model = with_task_code(model, task, cfg.task_code_init)
-    tuned, steps, seconds, loss = fine_tune(model, task, cfg, on_progress)
+    views = views_of(model.cfg, task, cfg)
+    model = with_task_code(model, task, cfg.task_code_init, views)
+    tuned, steps, seconds, loss = fine_tune(model, task, cfg, on_progress, views)
     if on_tuned is not None:
         on_tuned(tuned)
-    views = choose_views(task, cfg.views, cfg.seed, cfg.augment)
     found: list[list[list[decode.Candidate]]] = [[] for _ in task.test]  # [test][view] -> candidates
     total = len(views) * len(task.test)
     for v, view in enumerate(views):
-        seen = view.apply(task)
+        seen, code = view.apply(task), code_of(tuned, task, view)
         for i in range(len(task.test)):
-            found[i].append(decode_view(tuned, seen, i, cfg))
+            found[i].append(decode_view(tuned, seen, i, cfg, code))
             if on_progress is not None:
                 on_progress("decode", v * len(task.test) + i + 1, total)
     tests = tuple(vote(views, per_view, pair.input) for per_view, pair in zip(found, task.test, strict=True))

@@ -12,6 +12,9 @@ The pool's entries depend on the model's format; batching does not (each entry h
   Sources give their demos and test pairs; demo-only sources (and sources without
   test outputs) their demos, and, with `input_loss`, their test inputs alone with
   the loss on input cells. A demo-only source's test output never enters the pool.
+  With `ModelConfig.copies` = K, every task enters as K augmented copies (`copies_of`,
+  the identity first), each with its own code and one augmentation for all its pairs,
+  so that no code sees its rule under two colour maps or orientations.
 
 Determinism and resumption: the data of step s on rank r comes from a generator
 seeded with (seed, s, r), and so does the torch RNG, so the step number is the
@@ -34,6 +37,7 @@ import math
 import os
 import signal
 import time
+import zlib
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
@@ -46,7 +50,7 @@ import torch.distributed as dist
 
 from onn_arc.augment import Augmentation, input_colours
 from onn_arc.checkpoint import MODEL_FILE, LoadedCheckpoint, Stage, TrainingData, load_checkpoint, save_checkpoint
-from onn_arc.config import AugmentConfig, ModelConfig, OptimizerConfig, TrainConfig
+from onn_arc.config import COPY_MARK, AugmentConfig, ModelConfig, OptimizerConfig, TrainConfig
 from onn_arc.data import Pair, Task, load_source
 from onn_arc.errors import ConfigError, TaskError, TrainingError
 from onn_arc.losses import forward_backward
@@ -68,6 +72,7 @@ class Example:
 
     task: Task
     test_index: int
+    view = None  # a random augmentation every time it is drawn
 
     @functools.cached_property
     def length(self) -> int:
@@ -90,8 +95,14 @@ class PairExample:
 
     task: Task
     pair: Pair
-    code: int  # the task's row in the model's task-code table
+    code: int  # the task's row in the model's task-code table (its copy's row, with copies)
     input_loss: bool  # the loss is on the input grid too (always, for a test input without its output)
+    view: Augmentation | None = None  # a copy's augmentation, the same every time; None: a random one each time
+
+    @property
+    def key(self) -> str:
+        """What its code row is named in the model's `task_ids`."""
+        return code_key(self.task.id, self.view)
 
     @functools.cached_property
     def length(self) -> int:
@@ -108,23 +119,49 @@ class PairExample:
         return encode_pair(aug.apply_pair(self.pair), self.code, answer, self.input_loss, max_len)
 
 
-Entry = Example | PairExample  # a pool entry: `task`, `length`, `input_colours`, `encode(aug, max_len)`
+Entry = Example | PairExample  # a pool entry: `task`, `length`, `input_colours`, `view`, `encode(aug, max_len)`
 
 
-def pair_examples(task: Task, code: int, test_outputs: bool, input_loss: bool) -> list[PairExample]:
-    """A task's pair-format entries: every demo; its test pairs when `test_outputs`, else, with `input_loss`, its
-    test inputs stripped of their outputs."""
-    demos = [PairExample(task, p, code, input_loss) for p in task.train]
+def code_key(task_id: str, view: Augmentation | None) -> str:
+    """The name of a code row: the task's id, or for an augmented copy the id and the copy's dihedral map and colours
+    (demo order means nothing to a pair), e.g. 007bbfb7#d3c0123456789."""
+    if view is None:
+        return task_id
+    return f"{task_id}{COPY_MARK}d{view.dihedral}c{''.join(map(str, view.colours))}"
+
+
+def copies_of(task: Task, n: int, augment: AugmentConfig) -> list[Augmentation]:
+    """The task's first `n` augmented copies: the identity, then distinct draws of `augment` seeded by the task's id
+    alone, so that training and solving, any run and any seed, name the same copies (a prefix of a longer list)."""
+    n_train, inputs = len(task.train), input_colours(task)
+    rng = np.random.default_rng([zlib.crc32(task.id.encode()), 1 << 21])
+    views, keys = [Augmentation.identity(n_train)], {code_key(task.id, Augmentation.identity(n_train))}
+    for _ in range(100 * n):
+        if len(views) >= n:
+            break
+        view = augment.draw(rng, n_train, inputs)
+        if code_key(task.id, view) not in keys:
+            views.append(view)
+            keys.add(code_key(task.id, view))
+    return views[:n]  # fewer when the task has fewer distinct augmentations
+
+
+def pair_examples(
+    task: Task, code: int, test_outputs: bool, input_loss: bool, view: Augmentation | None = None
+) -> list[PairExample]:
+    """A task's pair-format entries (of its copy `view`, when given): every demo; its test pairs when
+    `test_outputs`, else, with `input_loss`, its test inputs stripped of their outputs."""
+    demos = [PairExample(task, p, code, input_loss, view) for p in task.train]
     if test_outputs:
-        return demos + [PairExample(task, p, code, input_loss) for p in task.test]
+        return demos + [PairExample(task, p, code, input_loss, view) for p in task.test]
     if input_loss:
-        return demos + [PairExample(task, Pair(input=p.input), code, True) for p in task.test]
+        return demos + [PairExample(task, Pair(input=p.input), code, True, view) for p in task.test]
     return demos
 
 
 def pool_task_ids(pool: list[Entry]) -> tuple[str, ...]:
-    """The task id of each code index the pool's pair entries use, in index order (the model's `task_ids`)."""
-    ids = {ex.code: ex.task.id for ex in pool if isinstance(ex, PairExample)}
+    """The code key of each code index the pool's pair entries use, in index order (the model's `task_ids`)."""
+    ids = {ex.code: ex.key for ex in pool if isinstance(ex, PairExample)}
     return tuple(ids[i] for i in range(len(ids)))
 
 
@@ -142,11 +179,17 @@ def leave_one_out(task: Task) -> list[Task]:
 
 
 def build_pool(
-    sources: list[str], demo_sources: list[str], fmt: Format = "context", input_loss: bool = False
+    sources: list[str],
+    demo_sources: list[str],
+    fmt: Format = "context",
+    input_loss: bool = False,
+    copies: int = 0,
+    augment: AugmentConfig = AugmentConfig(),
 ) -> tuple[list[Entry], TrainingData]:
     """Entries in format `fmt` from `sources` (demos and test outputs) and `demo_sources` (demos only; their test
-    inputs too in the pair format with `input_loss`), and their provenance. In the pair format each task gets a
-    code index, in order of first appearance (`pool_task_ids`)."""
+    inputs too in the pair format with `input_loss`), and their provenance. In the pair format each task (each of
+    its `copies` augmented copies, drawn as `augment` says, when copies > 0) gets a code index, in order of first
+    appearance (`pool_task_ids`)."""
     for name in sources:
         if name in EVAL_SPLITS:
             raise ConfigError(
@@ -157,7 +200,14 @@ def build_pool(
 
     def entries(task: Task, test_outputs: bool) -> list[Entry]:
         if fmt == "pairs":
-            return pair_examples(task, codes.setdefault(task.id, len(codes)), test_outputs, input_loss)
+            views = copies_of(task, copies, augment) if copies else [None]
+            return [
+                ex
+                for view in views
+                for ex in pair_examples(
+                    task, codes.setdefault(code_key(task.id, view), len(codes)), test_outputs, input_loss, view
+                )
+            ]
         if test_outputs:
             return [Example(task, i) for i in range(len(task.test))]
         return [Example(t, 0) for t in leave_one_out(task)]
@@ -206,7 +256,7 @@ def sample_batch(
     for _ in range(100 * len(pool)):
         i = int(order[rng.integers(*window)])
         ex = pool[i]
-        aug = augment.draw(rng, len(ex.task.train), ex.input_colours)
+        aug = ex.view or augment.draw(rng, len(ex.task.train), ex.input_colours)
         try:
             seq = ex.encode(aug, max_len)
         except TaskError:  # its test pair alone exceeds the context
@@ -472,8 +522,9 @@ class Run:
 
 def _check_init_model(init: ModelConfig, asked: ModelConfig) -> None:
     """A stage keeps its init checkpoint's architecture; only max_len may change (positions are rotary and grid
-    coordinates, so no weight depends on the context length), and the task ids, which follow the stage's data."""
-    free = ("max_len", "task_ids")
+    coordinates, so no weight depends on the context length), and the task ids and copies, which follow the stage's data
+    (codes are carried over by their keys: `_init_state`)."""
+    free = ("max_len", "task_ids", "copies")
     differ = [n for n in ModelConfig.model_fields if n not in free and getattr(init, n) != getattr(asked, n)]
     if differ:
         has = ", ".join(f"{name}={getattr(init, name)}" for name in differ)
@@ -520,7 +571,9 @@ def prepare(
         raise ConfigError(f"{paths.root}: already holds a run; pass --resume to continue it or choose another --out")
     if init is not None:
         _check_init_model(init.meta.model, cfg.model)
-    pool, data = build_pool(cfg.sources, cfg.demo_sources, cfg.model.format, cfg.input_loss)
+    pool, data = build_pool(
+        cfg.sources, cfg.demo_sources, cfg.model.format, cfg.input_loss, cfg.model.copies, cfg.augment
+    )
     model_cfg = cfg.model
     if model_cfg.format == "pairs":
         model_cfg = model_cfg.model_copy(update={"task_ids": pool_task_ids(pool)})

@@ -10,7 +10,7 @@ import torch
 from typer.testing import CliRunner
 
 import onn_arc.cli.solve  # noqa: F401  (registers the command)
-from onn_arc import solve
+from onn_arc import decode, solve
 from onn_arc.checkpoint import TrainingData, save_checkpoint
 from onn_arc.cli.app import app
 from onn_arc.augment import Augmentation, dihedral_map
@@ -21,7 +21,8 @@ from onn_arc.errors import ConfigError, TaskError
 from onn_arc.model import TinyONN
 from onn_arc.optim import gauss_newton
 from onn_arc.scoring import load_submission
-from onn_arc.train import Example, make_optimizer, pair_examples, sample_batch, train_step
+from onn_arc.tokens import encode_pair
+from onn_arc.train import Example, code_key, copies_of, make_optimizer, pair_examples, sample_batch, train_step
 
 DATA = Path(__file__).resolve().parents[1] / "data"
 TRUTH = ((1, 2, 0), (3, 4, 0))  # no symmetry: every view moves it
@@ -112,7 +113,7 @@ def test_solve_task_maps_every_view_back_before_voting(monkeypatch):
     grid in view 1; after inversion the truth must be attempt 1 with 3 votes."""
     calls = []
 
-    def stub(model, seen: Task, test_index: int, cfg: SolveConfig) -> list[Candidate]:
+    def stub(model, seen: Task, test_index: int, cfg: SolveConfig, code: int) -> list[Candidate]:
         calls.append(seen)
         view = len(calls) - 1
         truth = seen.test[test_index].output  # the truth as this view sees it
@@ -216,6 +217,48 @@ def test_a_new_task_gets_a_fresh_code_a_trained_one_keeps_its_own(init):
     trained = tiny_model(format="pairs", task_ids=("a", "stub"))
     assert solve.with_task_code(trained, stub_task(), init) is trained  # transductive: the code trained on its demos
     assert solve.code_of(trained, stub_task()) == 1
+
+
+def test_a_model_with_codes_per_copy_solves_each_view_as_a_copy_with_its_own_code(monkeypatch):
+    model, task = pair_model(copies=4), stub_task()
+    views = solve.views_of(model.cfg, task, FAST.model_copy(update={"views": 3}))
+    assert views == copies_of(task, 3, FAST.augment)  # the copies training would have made of it
+    fresh = solve.with_task_code(model, task, "mean", views)
+    assert fresh.cfg.task_ids == ("a", "b", *(code_key(task.id, v) for v in views))
+    pool = solve._ttt_pool(fresh, task, views)  # each view's demos, in that view, under its code
+    assert {(ex.view, ex.code) for ex in pool} == {(v, 2 + i) for i, v in enumerate(views)}
+    assert all(ex.pair in task.train for ex in pool)
+    decoded = []
+
+    def stub(model, seen: Task, test_index: int, cfg: SolveConfig, code: int) -> list[Candidate]:
+        decoded.append((seen, code))
+        return [candidate(seen.test[test_index].output, -1.0)]
+
+    monkeypatch.setattr(solve, "decode_view", stub)
+    solution = solve.solve_task(model, task, FAST.model_copy(update={"views": 3}))
+    assert [seen for seen, _ in decoded] == [v.apply(task) for v in views] and [c for _, c in decoded] == [2, 3, 4]
+    assert solution.tests[0].attempts[0] == TRUTH and solution.tests[0].candidates[0].votes == 3
+    trained = tiny_model(format="pairs", copies=4, task_ids=tuple(code_key(task.id, v) for v in views))
+    assert solve.with_task_code(trained, task, "mean", views) is trained  # transductive: the copies' own codes
+
+
+def test_decoding_under_a_views_code_conditions_on_that_code():
+    """The prompt of a view carries the view's code and input (greedy decoding over the cache equals full forward
+    passes for any code: test_decode.py); two copies' codes give two different decodings."""
+    model, task = pair_model(copies=2), stub_task()
+    views = copies_of(task, 2, AugmentConfig())
+    model = solve.with_task_code(model, task, "mean", views)
+    seen, code = views[1].apply(task), solve.code_of(model, task, views[1])
+    assert code == 3
+    seq = solve.decode_prompt(model, seen, 0, code)
+    assert seq.task == code and seq.tokens.tolist() == encode_pair(Pair(input=seen.test[0].input), code, answer=False).tokens.tolist()
+    (found,) = solve.decode_view(model, seen, 0, FAST, code)
+    greedy = decode.greedy(model, seq)[0]
+    assert (found.tokens, found.logprob) == (greedy.tokens, greedy.logprob)
+    with torch.no_grad():
+        model.task_codes.weight[3].normal_(0, 30)  # the copy's code changed
+    (other,) = solve.decode_view(model, seen, 0, FAST, code)
+    assert other.logprob != found.logprob
 
 
 def test_code_only_test_time_training_changes_the_code_alone():
@@ -322,7 +365,7 @@ def test_cli_solve_fine_tunes_with_muon(checkpoint):
 
 
 def test_cli_solve_marks_a_right_attempt(checkpoint, monkeypatch):
-    monkeypatch.setattr(solve, "decode_view", lambda model, seen, i, cfg: [candidate(seen.test[i].output, -0.1)])
+    monkeypatch.setattr(solve, "decode_view", lambda model, seen, i, cfg, code: [candidate(seen.test[i].output, -0.1)])
     result = run_cli(str(DATA / "6150a2bd.json"), "-c", str(checkpoint), "--ttt-steps", "0")
     assert result.exit_code == 0, result.output
     assert "attempt 1 ✓ exact" in result.stdout and "solved ✓" in result.stdout
@@ -356,7 +399,7 @@ def test_cli_solve_warns_about_leakage_and_fails_in_one_line(checkpoint, tmp_pat
 # ---------------------------------------------------------------- `onn-arc solve` on several tasks
 
 
-def truth_decoder(model, seen: Task, i: int, cfg: SolveConfig) -> list[Candidate]:
+def truth_decoder(model, seen: Task, i: int, cfg: SolveConfig, code: int) -> list[Candidate]:
     """A stub decoder that finds the true output where the task has one, and nothing otherwise."""
     return [] if seen.test[i].output is None else [candidate(seen.test[i].output, -0.1)]
 

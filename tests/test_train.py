@@ -437,3 +437,46 @@ def test_cli_trains_the_pair_format(tmp_path):
     assert default.exit_code == 0 and load_checkpoint(tmp_path / "c" / "checkpoint").meta.model.format == "pairs"
     assert TrainConfig().model.format == "pairs" and TrainConfig(model={"d_model": 16, "n_layers": 1, "ffn_mult": 2,
                                                                        "max_len": 64}).model.format == "pairs"
+
+
+def test_copies_are_seeded_by_the_task_alone_identity_first_and_distinct():
+    task = load_source(DATA)[0]
+    views = tr.copies_of(task, 8, AugmentConfig())
+    assert views[0] == Augmentation.identity(len(task.train))
+    assert len({tr.code_key(task.id, v) for v in views}) == 8
+    assert tr.copies_of(task, 3, AugmentConfig()) == views[:3]  # a prefix: solving names the copies training made
+    only_flips = tr.copies_of(task, 20, AugmentConfig(colours=False))
+    assert len(only_flips) == 8 and {v.colours for v in only_flips} == {tuple(range(10))}  # no more exist
+
+
+def test_a_copy_keeps_one_augmentation_for_all_its_pairs_and_has_its_own_code():
+    pool, _ = tr.build_pool([DATA], [], "pairs", copies=4)
+    tasks = load_source(DATA)
+    keys = tr.pool_task_ids(pool)
+    assert len(keys) == 4 * len(tasks)
+    for task in tasks:
+        views = tr.copies_of(task, 4, AugmentConfig())
+        for view in views:
+            entries = [ex for ex in pool if ex.task.id == task.id and ex.view == view]
+            assert {ex.code for ex in entries} == {keys.index(tr.code_key(task.id, view))}
+            assert [ex.pair for ex in entries] == list(task.train + task.test if task.has_test_outputs else task.train)
+    ex = next(e for e in pool if e.view is not None and e.view.dihedral)
+    batch_of_one = tr.sample_batch([ex], np.random.default_rng(0), 10_000, 10_000, AugmentConfig())
+    expected = ex.encode(ex.view, 10_000)  # the copy's own augmentation, not a random one
+    assert batch_of_one.tokens[0, : len(expected)].tolist() == expected.tokens.tolist()
+
+
+def test_a_stage_with_copies_keeps_the_codes_of_the_copies_it_shares(tmp_path):
+    cfg = TrainConfig(
+        model=PAIRS_MODEL.model_copy(update={"copies": 2}), sources=[DATA], steps=1, batch_tokens=512,
+        optimizer=OptimizerConfig(name="adamw"),
+    )  # fmt: skip
+    first = tr.prepare(cfg, tmp_path / "a")
+    first.fit()
+    loaded = load_checkpoint(first.paths.checkpoint)
+    assert loaded.meta.model.copies == 2 and loaded.meta.model.coded_tasks == {t.id for t in load_source(DATA)}
+    wider = cfg.model_copy(update={"model": cfg.model.model_copy(update={"copies": 3})})
+    second = tr.prepare(wider, tmp_path / "b", init=loaded)
+    old, new = loaded.model.task_codes.weight, second.model.task_codes.weight
+    for i, key in enumerate(loaded.meta.model.task_ids):
+        assert torch.equal(new[second.model.cfg.task_ids.index(key)], old[i])
