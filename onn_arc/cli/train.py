@@ -36,17 +36,33 @@ def _read_config(path: Path) -> dict[str, Any]:
         raise ConfigError(f"{path}: not valid {'TOML' if path.suffix == '.toml' else 'JSON'}: {e}") from None
 
 
+def _merge(d: dict[str, Any], changes: dict[str, Any]) -> None:
+    """Change `d` in place where `changes` says, field by field: a nested table changes only the fields it names."""
+    for key, value in changes.items():
+        if isinstance(value, dict) and isinstance(d.get(key), dict):
+            _merge(d[key], value)
+        else:
+            d[key] = value
+
+
 def _set(d: dict[str, Any], dotted: str, value: Any) -> None:
     *parents, leaf = dotted.split(".")
     for p in parents:
-        d = d.setdefault(p, {})
+        d = d[p]
     d[leaf] = value
+
+
+def _validate(fields: dict[str, Any], source: str) -> TrainConfig:
+    try:
+        return TrainConfig.model_validate(fields)
+    except ValidationError as e:
+        raise ConfigError(one_line(e, source)) from None
 
 
 @app.command("train")
 def train_command(
     out_dir: Annotated[Path, Opt("--out", "-o", help="Run folder: checkpoint/ and metrics.jsonl go here.")] = Path("runs/default"),
-    config: Annotated[Path | None, Opt(help="A TOML or JSON file of TrainConfig fields; flags override it.")] = None,
+    config: Annotated[Path | None, Opt(help="A TOML or JSON file of TrainConfig fields (a table changes only the fields it names); flags override it.")] = None,
     resume: Annotated[bool, Opt(help="Continue the run in --out from its last checkpoint (its saved config, plus any flags given).")] = False,
     init: Annotated[Path | None, Opt(help="Start a new training stage from this checkpoint's weights and model config (fresh optimizer and lr schedule).", show_default=False)] = None,
     source: Annotated[list[str] | None, Opt(help="Data trained on, demos and test outputs (repeatable): a split, folder or task file. Default: arc1-train.")] = None,
@@ -82,15 +98,19 @@ def train_command(
     if threads:
         torch.set_num_threads(threads)
     paths = RunPaths(out_dir)
-    base: dict[str, Any] = {}
-    start = None
+    # what the config file and flags change, field by field: the defaults, with --init's model, or the resumed run's
+    # config (its fields this onn-arc added since as their defaults)
+    defaults, start = TrainConfig(), None
     if init is not None:  # with --resume too: prepare() refuses the pair
         start = load_checkpoint(init)
-        base = {"model": start.meta.model.model_dump()}
+        defaults = TrainConfig(model=start.meta.model)
     elif resume:
-        base = load_checkpoint(paths.checkpoint).meta.train_config
+        defaults = _validate(load_checkpoint(paths.checkpoint).meta.train_config, f"{paths.checkpoint}: train config")
     if config is not None:
-        base |= _read_config(config)
+        fields = defaults.model_dump()
+        _merge(fields, _read_config(config))
+        defaults = _validate(fields, str(config))
+    base = defaults.model_dump()
     flags = {
         "sources": source, "demo_sources": demo_source, "model.arch": arch, "model.format": format,
         "input_loss": input_loss, "model.d_model": d_model,
@@ -103,14 +123,11 @@ def train_command(
     if augment is not None:
         flags |= {f"augment.{k}": augment for k in ("dihedral", "colours", "shuffle")}
     if size is not None:  # the preset's shape; every other model setting (arch, format, ...) stays
-        base["model"] = base.get("model", {}) | ModelConfig.preset(size).model_dump(include=set(PRESETS[size]))
+        base["model"] |= ModelConfig.preset(size).model_dump(include=set(PRESETS[size]))
     for key, value in flags.items():
         if value is not None:
             _set(base, key, value)
-    try:
-        cfg = TrainConfig.model_validate(base)
-    except ValidationError as e:
-        raise ConfigError(one_line(e, "train config")) from None
+    cfg = _validate(base, "train config")
 
     distributed = int(os.environ.get("WORLD_SIZE", "1")) > 1
     dev = resolve_device(device)
