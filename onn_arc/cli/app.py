@@ -1,11 +1,13 @@
 """The `onn-arc` command: a Typer app whose commands live one per module.
 
 Every `OnnArcError` becomes one line on stderr and exit 1; usage errors exit 2; any other exception is reported in one line too, with the
-traceback only when ONN_ARC_DEBUG=1.
+traceback only when ONN_ARC_DEBUG=1. Output into a pipe that its reader closed (`onn-arc eval --help | head`) ends
+quietly with 141, as a shell reports a command that SIGPIPE ended.
 """
 
 import importlib
 import os
+import signal
 
 import typer
 from typer.core import TyperGroup
@@ -24,7 +26,7 @@ class _Group(TyperGroup):
     def invoke(self, ctx: typer.Context):
         try:
             return super().invoke(ctx)
-        except (typer.Exit, typer.Abort, typer.TyperException):
+        except (typer.Exit, typer.Abort, typer.TyperException, BrokenPipeError):  # a closed pipe: see main()
             raise
         except OnnArcError as e:
             if _debug():
@@ -62,7 +64,12 @@ def _root() -> None:
 
 
 def main() -> None:
-    app()
+    try:
+        app()
+    except SystemExit as e:  # Typer and rich end a write into a closed pipe quietly but with 1, our user-error code
+        if isinstance(e.__context__, BrokenPipeError):
+            raise SystemExit(128 + signal.SIGPIPE) from None
+        raise
 
 
 # Each command module adds itself to `app` with @app.command(); importing them registers them.
