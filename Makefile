@@ -4,7 +4,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed-stamp
 ONNARC := $(VENV)/bin/onn-arc
 
-.PHONY: install test test-all run ship bench-model bench-optim bench-fit bench-solve bench-sparsity ablations bench-formats bench-colours curve train-stage clean
+.PHONY: install test test-all run ship bench-model bench-optim bench-fit bench-solve bench-sparsity ablations bench-formats bench-colours bench-recipes curve train-stage clean
 
 $(PY):
 	python3 -m venv $(VENV)
@@ -69,6 +69,10 @@ bench-formats: $(STAMP)
 # Solve-time colour augmentations (all colours, input colours only, ...) on the 80 dev tasks, split by new colour (~20 min an arm; resumable).
 bench-colours: $(STAMP)
 	$(PY) bench/colours.py
+
+# Training recipes at equal CPU (one code per task vs codes per augmented copy), 2 h each from scratch, scored on the 80 dev tasks (hours; resumable).
+bench-recipes: $(STAMP)
+	$(PY) bench/recipes.py
 
 # The training-length curve of the shipped recipe: stages chained with --init, each scored on dev tasks (hours; resumable).
 curve: $(STAMP)

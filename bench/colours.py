@@ -23,10 +23,10 @@ from rich.console import Console
 from rich.table import Table
 
 from onn_arc.cli.common import number
-from onn_arc.data import Task, as_array, load_split
+from onn_arc.data import load_split
 
 sys.path.insert(0, str(Path(__file__).parent))
-from common import onn_arc  # bench/common.py, beside this script
+from common import new_colour_split, onn_arc  # bench/common.py, beside this script
 
 DEV = "arc1-dev"
 ARMS: dict[str, list[str]] = {
@@ -37,18 +37,6 @@ ARMS: dict[str, list[str]] = {
     "inputs-12": ["--colours", "inputs", "--views", "12"],  # more views
 }
 console = Console(width=None if sys.stdout.isatty() else 160)
-
-
-def new_colour(task: Task) -> bool:
-    """Does a test output hold a colour absent from its test input?"""
-    return any(set(as_array(p.output).flat) - set(as_array(p.input).flat) for p in task.test)
-
-
-def group_row(rows: list[dict]) -> tuple[float, str, float | None]:
-    """(tasks solved (pass@2 summed), "solved/n", mean changed-cell accuracy) of some tasks' report rows."""
-    solved = sum(r["pass_at_2"] or 0.0 for r in rows)
-    changed = [r["changed_cell_accuracy"] for r in rows if r["changed_cell_accuracy"] is not None]
-    return solved, f"{solved:g}/{len(rows)}", (sum(changed) / len(changed) if changed else None)
 
 
 def main() -> None:
@@ -70,9 +58,7 @@ def main() -> None:
         onn_arc(flags + (["--checkpoint", str(args.checkpoint)] if args.checkpoint else []), args.root / f"{arm}.log", console)
         report = json.loads((out / "report.json").read_text())
         rows = report["tasks"]
-        new = [r for r in rows if new_colour(tasks[r["task_id"]])]
-        other = [r for r in rows if not new_colour(tasks[r["task_id"]])]
-        (_, new_solved, new_changed), (_, other_solved, other_changed) = group_row(new), group_row(other)
+        (new_solved, new_changed), (other_solved, other_changed) = new_colour_split(rows, tasks)
         s, seconds = report["summary"], [r["seconds"] for r in rows]
         table.add_row(
             arm, " ".join(ARMS[arm]), new_solved, number(new_changed), other_solved, number(other_changed),

@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from rich.console import Console
 
 from onn_arc import train
-from onn_arc.data import Task
+from onn_arc.data import Task, as_array
 from onn_arc.losses import activation_rate, loss_mask
 from onn_arc.model import TinyONN
 from onn_arc.solve import code_of
@@ -112,6 +112,40 @@ def onn_arc(args: list[str], log: Path, console: Console) -> None:
         code = subprocess.run([sys.executable, "-m", "onn_arc", *args], stdout=f, stderr=subprocess.STDOUT).returncode
     if code != 0:
         sys.exit(f"failed ({code}): {shown}\n" + "".join(log.read_text().splitlines(True)[-5:]))
+
+
+def train_pairs(out: Path, seconds: float, sources: list[str], flags: list[str], console: Console) -> None:
+    """Train the pair format's base preset into `out` on `sources` for `seconds` of step-time with `flags` besides,
+    checkpointing every 200 steps; resume it where a run was started before (its saved config has everything)."""
+    log = out.with_name(f"{out.name}.train.log")
+    if (out / "checkpoint").exists():
+        onn_arc(["train", "--out", str(out), "--resume"], log, console)
+        return
+    data = [flag for source in sources for flag in ("--source", source)]
+    args = [
+        "train", "--out", str(out), "--format", "pairs", "--size", "base", *data, "--seconds", str(seconds),
+        "--steps", "1000000", "--checkpoint-every", "200", *flags,
+    ]  # fmt: skip
+    onn_arc(args, log, console)
+
+
+def new_colour(task: Task) -> bool:
+    """Does a test output hold a colour absent from its test input? (The tasks a code must learn a colour for.)"""
+    return any(set(as_array(p.output).flat) - set(as_array(p.input).flat) for p in task.test)
+
+
+def new_colour_split(rows: list[dict], tasks: dict[str, Task]) -> list[tuple[str, float | None]]:
+    """[new colour, other]: ("solved/n", mean changed-cell accuracy) of the rows of an eval report's tasks whose test
+    output brings a new colour (`new_colour`), and of the others (pass@2 summed: one of two test inputs right counts
+    half)."""
+
+    def group(rows: list[dict]) -> tuple[str, float | None]:
+        solved = sum(r["pass_at_2"] or 0.0 for r in rows)
+        changed = [r["changed_cell_accuracy"] for r in rows if r["changed_cell_accuracy"] is not None]
+        return f"{solved:g}/{len(rows)}", (sum(changed) / len(changed) if changed else None)
+
+    new = [new_colour(tasks[r["task_id"]]) for r in rows]
+    return [group([r for r, n in zip(rows, new) if n == wanted]) for wanted in (True, False)]
 
 
 def training_summary(folder: Path) -> dict[str, float]:

@@ -32,24 +32,10 @@ from onn_arc.checkpoint import load_checkpoint
 from onn_arc.cli.common import number
 
 sys.path.insert(0, str(Path(__file__).parent))
-from common import onn_arc, training_summary  # bench/common.py, beside this script
+from common import onn_arc, train_pairs, training_summary  # bench/common.py, beside this script
 
 DEV = "arc1-dev"
 console = Console(width=None if sys.stdout.isatty() else 160)
-
-
-def train(out: Path, seconds: float, seed: int, sources: list[str], init: Path | None) -> None:
-    """Train the stage in `out` for `seconds` from `init`'s weights (from scratch when None)."""
-    log = out.with_name(f"{out.name}.train.log")
-    if (out / "checkpoint").exists():  # started before: its saved config has everything
-        onn_arc(["train", "--out", str(out), "--resume"], log, console)
-        return
-    data = [flag for source in sources for flag in ("--source", source)]
-    args = [
-        "train", "--out", str(out), "--format", "pairs", "--size", "base", *data, "--seconds", str(seconds),
-        "--steps", "1000000", "--checkpoint-every", "200", "--seed", str(seed),
-    ]  # fmt: skip
-    onn_arc(args + (["--init", str(init)] if init else []), log, console)
 
 
 def evaluate(run: Path, limit: int) -> dict:
@@ -81,7 +67,7 @@ def main() -> None:
     init, first = args.init, 1 + (len(load_checkpoint(args.init).meta.stages) if args.init else 0)
     for stage, seconds in enumerate(args.stages, start=first):
         run = args.root / f"stage-{stage}"
-        train(run, seconds, stage, args.source, init)
+        train_pairs(run, seconds, args.source, ["--seed", str(stage), *(["--init", str(init)] if init else [])], console)
         init = run / "checkpoint"
         s, t = evaluate(run, args.limit), training_summary(run)
         hours = load_checkpoint(init).meta.totals()["seconds"] / 3600

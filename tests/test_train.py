@@ -480,3 +480,12 @@ def test_a_stage_with_copies_keeps_the_codes_of_the_copies_it_shares(tmp_path):
     old, new = loaded.model.task_codes.weight, second.model.task_codes.weight
     for i, key in enumerate(loaded.meta.model.task_ids):
         assert torch.equal(new[second.model.cfg.task_ids.index(key)], old[i])
+
+
+def test_cli_train_with_copies_records_them_and_refuses_them_without_codes(tmp_path):
+    result = _train("--out", str(tmp_path / "a"), "--size", "tiny", "--source", str(DATA), "--steps", "1", "--copies", "3")
+    assert result.exit_code == 0, result.output
+    model = load_checkpoint(tmp_path / "a" / "checkpoint").meta.model
+    assert model.copies == 3 and model.n_task_codes == 3 * len(load_source(DATA))
+    bad = _train("--out", str(tmp_path / "b"), "--size", "tiny", "--format", "context", "--copies", "3")
+    assert bad.exit_code != 0 and "copies" in bad.output and "Traceback" not in bad.output

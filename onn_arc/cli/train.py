@@ -71,6 +71,7 @@ def train_command(
     arch: Annotated[str | None, Opt(help="onn (Sparse Bayesian Layers) or dense (the baseline).")] = None,
     format: Annotated[str | None, Opt("--format", help="pairs (a sequence per pair, a learned code per task; the default) or context (demos in context).")] = None,
     input_loss: Annotated[bool | None, Opt("--input-loss/--no-input-loss", help="pairs: the loss on input grids too, and demo sources' test inputs.")] = None,
+    copies: Annotated[int | None, Opt(help="pairs: train every task as this many fixed augmented copies (the identity first), each with its own code, so a code never sees its rule under two colour maps or orientations (0: one code per task, a fresh augmentation per pair).")] = None,
     d_model: Annotated[int | None, Opt(help="Override the preset's width.")] = None,
     n_layers: Annotated[int | None, Opt(help="Override the preset's depth.")] = None,
     max_len: Annotated[int | None, Opt(help="Override the preset's context length in tokens.")] = None,
@@ -113,7 +114,7 @@ def train_command(
     base = defaults.model_dump()
     flags = {
         "sources": source, "demo_sources": demo_source, "model.arch": arch, "model.format": format,
-        "input_loss": input_loss, "model.d_model": d_model,
+        "input_loss": input_loss, "model.copies": copies, "model.d_model": d_model,
         "model.n_layers": n_layers, "model.max_len": max_len, "optimizer.name": optimizer, "optimizer.lr": lr,
         "batch_tokens": batch_tokens, "steps": steps, "seconds": seconds, "warmup_steps": warmup_steps,
         "loss.gate_weight": gate_weight, "loss.kl_weight": kl_weight,
@@ -149,7 +150,8 @@ def _run(run: Run, device: torch.device, show: bool) -> None:
     if show:
         m = cfg.model
         err.print(
-            f"training {m.arch} ({m.format}) d={m.d_model} layers={m.n_layers} ctx={m.max_len} with {cfg.optimizer.name} "
+            f"training {m.arch} ({m.format}{f', {m.copies} copies a task' if m.copies else ''}) d={m.d_model} "
+            f"layers={m.n_layers} ctx={m.max_len} with {cfg.optimizer.name} "
             f"on {', '.join(cfg.sources)}{' + demos of ' + ', '.join(cfg.demo_sources) if cfg.demo_sources else ''} "
             f"→ {paths.root}  ({device}, {resolve_precision(cfg.precision, device)})"
             + (f"; stage {len(run.earlier) + 1}, from weights {run.init_sha256[:12]}" if run.init_sha256 else ""),

@@ -1,0 +1,82 @@
+"""Training recipes at equal CPU: does a recipe learn rules that transfer to tasks it never trained on?
+
+Each arm trains the pair format from scratch on the same data (`--source`, default the 553 tasks the shipped chain
+trains on) for the same wall-clock step-time (`--seconds`), seed 0, `train`'s default optimizer and precision, then
+solves all 80 dev tasks (drawn from ARC-AGI-1 training, never trained on) with the default solve settings, two workers
+of one thread each. The table splits every arm by whether a test output holds a colour absent from its test input.
+
+    python bench/recipes.py [--root runs/recipes] [--seconds 7200] [--arms base copies-8 copies-32]   (make bench-recipes)
+
+Arms (train flags beside `--format pairs --size base`):
+- base: one code per task, every pair drawn with a fresh random rotation/reflection and colour permutation (the
+  shipped recipe);
+- copies-K: every task enters as K fixed augmented copies (the identity first), each with its own code
+  (`--copies K`), so that a code never sees its rule under two colour maps.
+
+Every command is printed; an interrupted arm resumes where its last periodic checkpoint left it (rerun the same
+command), a finished one is reused. Compare arms only when they ran on the same idle machine: `--seconds` is
+step-time, and a second heavy job halves every arm's steps. Ends with a table and one `RESULT arm=...` line per arm.
+"""
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from rich.console import Console
+from rich.table import Table
+
+from onn_arc.cli.common import number
+from onn_arc.data import load_split
+
+sys.path.insert(0, str(Path(__file__).parent))
+from common import new_colour_split, onn_arc, train_pairs, training_summary  # bench/common.py, beside this script
+
+DEV = "arc1-dev"
+ARMS: dict[str, list[str]] = {
+    "base": [],
+    "copies-8": ["--copies", "8"],
+    "copies-32": ["--copies", "32"],
+}
+console = Console(width=None if sys.stdout.isatty() else 160)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--root", type=Path, default=Path("runs/recipes"))
+    parser.add_argument("--seconds", type=float, default=7200, help="training step-time of every arm")
+    parser.add_argument("--source", nargs="+", default=["arc1-train-nodev", "arc2-train-new"])
+    parser.add_argument("--arms", nargs="+", choices=list(ARMS), default=list(ARMS))
+    args = parser.parse_args()
+    args.root.mkdir(parents=True, exist_ok=True)
+
+    tasks = {t.id: t for t in load_split(DEV)}
+    title = f"recipes at {args.seconds / 3600:g} h of training each on {' + '.join(args.source)}; all {len(tasks)} {DEV} tasks"
+    table = Table(title=title, box=None, pad_edge=False)
+    for name in ("arm", "flags", "steps", "train loss", "new colour: solved", "changed", "other: solved", "changed",
+                 "pass@2", "changed-cell", "tuned loss", "s/task"):  # fmt: skip
+        table.add_column(name, justify="left" if name in ("arm", "flags") else "right")
+    for arm in args.arms:
+        run = args.root / arm
+        train_pairs(run, args.seconds, args.source, ["--seed", "0", *ARMS[arm]], console)
+        eval_args = ["eval", "--split", DEV, "--workers", "2", "--checkpoint", str(run / "checkpoint"), "--out", str(run / "eval")]
+        onn_arc(eval_args, args.root / f"{arm}.eval.log", console)
+        report = json.loads((run / "eval" / "report.json").read_text())
+        (new_solved, new_changed), (other_solved, other_changed) = new_colour_split(report["tasks"], tasks)
+        s, t = report["summary"], training_summary(run)
+        table.add_row(
+            arm, " ".join(ARMS[arm]), str(t["steps"]), f"{t['train_loss']:.3f}", new_solved, number(new_changed),
+            other_solved, number(other_changed), number(s["pass_at_2"]), number(s["changed_cell_accuracy"]),
+            number(s.get("tuned_tf_loss")), f"{s['seconds_per_task']:.1f}",
+        )  # fmt: skip
+        console.print(
+            f"RESULT arm={arm} pass_at_2={s['pass_at_2']:.4f} solved={s['solved_tasks']} new_colour={new_solved} "
+            f"other={other_solved} changed_cell={number(s['changed_cell_accuracy'], 4)} steps={t['steps']} "
+            f"train_loss={t['train_loss']:.4f} tuned_loss={number(s.get('tuned_tf_loss'), 4)}",
+            soft_wrap=True,
+        )
+    console.print(table)
+
+
+if __name__ == "__main__":
+    main()
