@@ -1,6 +1,7 @@
 """Evaluating a checkpoint on a set of tasks: solve each, score with the official rules, write a submission.
 
     OUT/settings.json    the run's identity: the checkpoint's weights (sha256) and the SolveConfig; a rerun must match
+                         (the checkpoint's folder is recorded too, relative to the working directory below it)
     OUT/results.jsonl    one line per finished task, appended, flushed and fsynced as each completes
     OUT/submission.json  Kaggle shape, every task in task order, always two grids per test input (written at the end)
     OUT/report.json      summary and per-task attempts, correctness, seconds, test-time training, views (at the end)
@@ -125,6 +126,13 @@ def _flat(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
         else:
             flat[f"{prefix}{key}"] = value
     return flat
+
+
+def _shown(folder: Path) -> str:
+    """`folder` relative to the working directory when it lies below it, so that a committed settings.json names no
+    machine's own folders; else absolute."""
+    folder, here = folder.resolve(), Path.cwd().resolve()
+    return str(folder.relative_to(here)) if folder.is_relative_to(here) else str(folder)
 
 
 def _check_settings(path: Path, settings: dict[str, Any]) -> None:
@@ -306,7 +314,7 @@ def evaluate(
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     settings = {
-        "checkpoint": str(loaded.folder.resolve()),
+        "checkpoint": _shown(loaded.folder),  # for the record: the weights' sha256 is the checkpoint's identity
         "weights_sha256": loaded.meta.files[MODEL_FILE],
         "solve": cfg.model_dump(mode="json"),
         "precision": resolve(cfg.precision, device),  # what `solve.precision` meant on this machine

@@ -177,6 +177,21 @@ def test_a_run_from_before_a_new_solve_setting_still_resumes(checkpoint, tmp_pat
         evaluate(checkpoint, TASKS, median, tmp_path)
 
 
+def test_settings_name_the_checkpoint_relative_to_the_working_directory_below_it(checkpoint, tmp_path, monkeypatch):
+    def recorded(out: Path) -> str:
+        evaluate(checkpoint, TASKS[:1], CFG, out)  # 007bbfb7 does not fit the context: nothing to solve
+        return json.loads((out / "settings.json").read_text())["checkpoint"]
+
+    above, elsewhere = checkpoint.parent.parent, tmp_path  # the checkpoint lies below the one, not the other
+    monkeypatch.chdir(above)
+    assert recorded(tmp_path / "below") == str(checkpoint.relative_to(above))
+    monkeypatch.chdir(elsewhere)
+    assert recorded(tmp_path / "outside") == str(checkpoint.resolve())
+    assert recorded(tmp_path / "below") == str(checkpoint.relative_to(above))  # resumed: the weights are the same
+    monkeypatch.chdir(above)
+    assert recorded(tmp_path / "outside") == str(checkpoint.resolve())  # an absolute path (older runs) resumes too
+
+
 def test_a_checkpoint_trained_on_the_test_outputs_is_refused(tmp_path):
     leaky = TrainingData(
         sources=["mine"], test_outputs_from=["mine"], demos_only=[],
