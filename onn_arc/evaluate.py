@@ -101,11 +101,18 @@ def run_task(model: TinyONN, task: Task, cfg: SolveConfig) -> dict[str, Any]:
     with the copy-the-input guess as its attempts."""
     started = time.perf_counter()
     tests = range(len(task.test))
-    tf_loss = [teacher_forced_loss(model, task, i, cfg.precision, cfg.task_code_init) for i in tests]
+    # pair format: one copy with the task's fresh code, as solve_task makes it, serves every test's tf_loss and then
+    # solving (which finds the code there), rather than a copy per test and another to solve with
+    model = with_task_code(model, task, cfg.task_code_init)
+
+    def losses(m: TinyONN) -> list[float | None]:
+        return [teacher_forced_loss(m, task, i, cfg.precision) for i in tests]
+
+    tf_loss = losses(model)
     tuned_tf_loss: list[float | None] = [None for _ in tests]
 
     def score_tuned(tuned: TinyONN) -> None:
-        tuned_tf_loss[:] = [teacher_forced_loss(tuned, task, i, cfg.precision) for i in tests]
+        tuned_tf_loss[:] = tf_loss if tuned is model else losses(tuned)  # no test-time training: the same model
 
     solution, error = solve_or_copy(model, task, cfg, on_tuned=score_tuned)
     return {

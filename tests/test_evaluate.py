@@ -91,6 +91,26 @@ def test_the_tuned_loss_is_the_true_outputs_loss_under_the_model_that_decodes(ch
     assert row["tuned_tf_loss"] != pytest.approx(row["tf_loss"])
 
 
+def test_a_pair_task_is_scored_and_solved_with_one_copy_of_the_model_with_its_fresh_code(monkeypatch):
+    torch.manual_seed(0)
+    model = TinyONN(ModelConfig.preset("tiny", max_len=64, format="pairs", task_ids=("x",))).eval()
+    task = TASKS[1]  # 25ff71a9: two tests, no code in the model
+    made, add = [], TinyONN.add_task_code
+
+    def counted(self: TinyONN, task_id: str, init: str = "mean") -> int:
+        made.append(task_id)
+        return add(self, task_id, init)
+
+    monkeypatch.setattr(TinyONN, "add_task_code", counted)
+    row = run_task(model, task, CFG)
+    assert made == [task.id]  # not one for each test's tf_loss, then another to solve with
+    monkeypatch.undo()
+    solved = solve_task(model, task, CFG).to_json()  # what solving the model itself gives: the same
+    assert {k: row[k] for k in solved if k != "ttt_seconds"} == {k: v for k, v in solved.items() if k != "ttt_seconds"}
+    assert row["tf_loss"] == [teacher_forced_loss(model, task, i, CFG.precision, CFG.task_code_init) for i in range(2)]
+    assert model.cfg.task_ids == ("x",)  # the model given is never changed
+
+
 def test_the_report_carries_changed_cell_accuracy_and_the_copy_baseline(uninterrupted):
     _, report = uninterrupted
     scored = [t for t in TASKS if t.has_test_outputs]
