@@ -1,10 +1,12 @@
 """Checkpoints: a folder that rebuilds a trained model and says what it was trained on.
 
-    model.safetensors        the model's weights (safetensors: nothing is ever unpickled)
+    model.safetensors        the model's weights (safetensors: nothing is ever unpickled): what solve, eval and --init
+                             load; for a stage trained with an EMA (`Stage.ema`), the moving average of its weights
     checkpoint.json          CheckpointMeta: versions, the full ModelConfig, TrainingData provenance, the chain
                              of training stages, step, metrics, the training config and the sha256 of every
                              other file
-    train_state.safetensors  optional: the tensors of a resumable training state (optimizer, RNGs, cursor)
+    train_state.safetensors  optional: the tensors of a resumable training state (optimizer, counters; the raw
+                             weights when model.safetensors holds their EMA)
     train_state.json         optional: that state's structure, tensors replaced by references
 
 Saving is atomic: everything is written and fsynced into `.NAME.tmp` beside the target, then the old
@@ -127,6 +129,8 @@ class Stage(BaseModel):
     padded_tokens: int | None = Field(default=None, ge=0)  # batch rows x padded length, summed: what the steps computed
     seconds: float | None = Field(default=None, ge=0)  # wall-clock seconds of its steps (rank 0), summed
     precision: Literal["fp32", "bf16"] | None = None  # what its forward passes ran in (`auto` resolved); None: fp32 era
+    ema: float = Field(default=0.0, ge=0, lt=1)  # the weights it wrote are the exponential moving average, with this
+    # decay, of its weights after each step (TrainConfig.ema); 0: its raw weights (and every stage before EMA existed)
 
 
 COUNTED = ("steps", "tokens", "target_tokens", "padded_tokens", "seconds")  # what Stage counts and chains add up
@@ -414,7 +418,7 @@ def default_checkpoint() -> Path:
 
 def export_weights(source: str | Path, target: str | Path) -> Path:
     """Copy a checkpoint without its training state: what ships in `checkpoints/` (same weights, config, provenance,
-    stages)."""
+    stages). A stage trained with an EMA ships its moving average, not the raw weights left in the training state."""
     c = load_checkpoint(source)
     meta = c.meta
     return save_checkpoint(

@@ -38,6 +38,7 @@ class ModelConfig(BaseModel):
     arch: Literal["onn", "dense"] = "onn"  # Sparse Bayesian Layers, or the dense baseline (plain linear maps)
     d_model: int = Field(gt=0)  # width
     n_layers: int = Field(gt=0)  # blocks
+    loops: int = Field(default=1, gt=0)  # passes through the stack of blocks, with the same weights (weight-tied depth)
     n_heads: int = Field(default=1, gt=0)  # DynSIHA: one full-width head by default
     ffn_mult: int = Field(gt=0)  # MoIE hidden width = ffn_mult * d_model
     max_len: int = Field(gt=0)  # context length in tokens (and KV-cache capacity)
@@ -49,6 +50,7 @@ class ModelConfig(BaseModel):
     copies: int = Field(default=0, ge=0)  # pairs: 0, one code per task, whatever augmentation a pair shows; K, one code
     # per augmented copy of a task (K fixed copies per task in training, one per view at solve time; train.copies_of),
     # each row of task_ids then a `code_key` naming the task and the copy's augmentation
+    dropout: float = Field(default=0.0, ge=0, lt=1)  # training only: dropout on the embeddings and residual branches
 
     @model_validator(mode="after")
     def _head_dim(self) -> "ModelConfig":
@@ -171,6 +173,8 @@ class TrainConfig(BaseModel):
     seed: int = 0  # seeds the model init, data order, augmentations and sampling
     checkpoint_every: int = Field(default=100, gt=0)  # steps between checkpoints
     max_bad_steps: int = Field(default=5, gt=0)  # consecutive non-finite steps before the run stops
+    ema: float = Field(default=0.0, ge=0, lt=1)  # 0: off; else checkpoints ship the exponential moving average (decay
+    # `ema`) of the weights after each step (train.ema_update), and keep the raw weights in the training state
 
     @model_validator(mode="before")
     @classmethod

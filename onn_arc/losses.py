@@ -3,11 +3,13 @@
 - Main: cross-entropy of the logits at t against token t+1, counted where token t+1 is a target
   (output-grid cells, row ends and the grid's closer; `loss_mask` marks the scored logits).
 - Surprise: S = |dL_main/dy| at every SBL output y, per token and unit, read by tensor hooks during the main
-  backward (no double backprop), on a random subset of the batch's tokens (`LossConfig.gate_tokens`).
+  backward (no double backprop), on a random subset of the batch's tokens (`LossConfig.gate_tokens`). With
+  weight-tied depth an SBL is applied once per loop: each application has its own input, y and S.
 - Gate loss (SML), per SBL and sampled token, with S a detached target and r the SBL's pre-ReLU route logits
   recomputed from its detached input with mu detached (the gate loss trains the routing, sigma and gate;
   the main loss alone trains the values mu; its backward costs one small matmul per layer), in one of the
-  `LossConfig.gate_form`s, each averaged over tokens the main loss reached (S not all 0) and over layers:
+  `LossConfig.gate_form`s, each averaged over tokens the main loss reached (S not all 0) and over layers (their
+  applications: every loop's routing is trained):
     "softmax" (the default):
       p = softmax(-S / mean(S))            dividing by the token's mean S makes p independent of the loss scale
       L = CE(r, argmin S) + KL(p || softmax(r))
@@ -68,14 +70,15 @@ def uncertainty(logits: Tensor, mask: Tensor) -> float:
 
 
 class SurpriseRecorder:
-    """Around a forward pass (a context manager): each SBL keeps its detached input on the tokens `index`
-    (flat positions in B*T) and hooks its output y; while `collecting`, a backward stores |dL/dy| there."""
+    """Around a forward pass (a context manager): each application of an SBL (one per loop of the model's weight-tied
+    stack) keeps its detached input on the tokens `index` (flat positions in B*T) and hooks its output y; while
+    `collecting`, a backward stores |dL/dy| there."""
 
     def __init__(self, layers: list[SBL], index: Tensor):
         self.layers, self.index = layers, index
         self.collecting = False
-        self._inputs: dict[SBL, Tensor] = {}
-        self._surprise: dict[SBL, Tensor] = {}
+        self._inputs: dict[SBL, list[Tensor]] = {layer: [] for layer in layers}  # by layer, one per application
+        self._surprise: dict[tuple[SBL, int], Tensor] = {}  # by (layer, application)
         self._handles: list = []
 
     def __enter__(self) -> "SurpriseRecorder":
@@ -89,17 +92,23 @@ class SurpriseRecorder:
     def _keep(self, layer: SBL, inputs: tuple[Tensor, ...], y: Tensor) -> None:
         if not y.requires_grad:
             return
-        self._inputs[layer] = inputs[0].detach().flatten(0, -2)[self.index].float()  # (K, d_in)
+        use = (layer, len(self._inputs[layer]))
+        self._inputs[layer].append(inputs[0].detach().flatten(0, -2)[self.index].float())  # (K, d_in)
 
         def store(grad: Tensor) -> None:
             if self.collecting:
-                self._surprise[layer] = grad.flatten(0, -2)[self.index].abs().float()  # (K, d_out)
+                self._surprise[use] = grad.flatten(0, -2)[self.index].abs().float()  # (K, d_out)
 
         y.register_hook(store)
 
     def records(self) -> list[tuple[SBL, Tensor, Tensor]]:
-        """(layer, input (K, d_in), surprise (K, d_out)) for every layer whose surprise was collected."""
-        return [(layer, self._inputs[layer], self._surprise[layer]) for layer in self.layers if layer in self._surprise]
+        """(layer, input (K, d_in), surprise (K, d_out)) for every application whose surprise was collected."""
+        return [
+            (layer, x, self._surprise[layer, i])
+            for layer in self.layers
+            for i, x in enumerate(self._inputs[layer])
+            if (layer, i) in self._surprise
+        ]
 
 
 def sample_tokens(valid: Tensor, k: int) -> Tensor:
@@ -128,7 +137,8 @@ GATE_FORMS: dict[GateForm, Callable[[Tensor, Tensor], Tensor]] = {"softmax": sof
 
 
 def gate_loss(records: list[tuple[SBL, Tensor, Tensor]], form: GateForm = "softmax") -> Tensor:
-    """SML in `form` (see the module docstring) per SBL on the tokens the main loss reached, averaged over layers."""
+    """SML in `form` (see the module docstring) per SBL application on the tokens the main loss reached, averaged
+    over them (over layers, and over loops with weight-tied depth)."""
     if not records:
         raise ValueError("gate_loss: no surprise was recorded")
     terms = []
@@ -155,7 +165,8 @@ def kl_loss(layers: list[SBL], u: float) -> Tensor:
 
 
 def activation_rate(layers: list[SBL], valid: Tensor) -> float:
-    """Mean fraction of firing units over the layers' last forward, on the `valid` (B, T) tokens (1.0 when dense)."""
+    """Mean fraction of firing units over the layers' last forward (all its loops), on the `valid` (B, T) tokens (1.0
+    when dense)."""
     if not layers:
         return 1.0
     return torch.stack([layer.last_rate[valid].mean() for layer in layers]).mean().item()

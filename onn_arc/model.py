@@ -14,6 +14,13 @@ Read bottom-up: SBL -> Linear -> Attention (DynSIHA) -> FFN (MoIE) -> Block -> T
   positive and the layer's outputs start out one-signed.
 - Every SBL keeps `last_rate`, the fraction of its units that fired, per token (detached); `tap`, when set, sees
   (x, z = x @ mu.T) for the Gauss-Newton optimizer.
+- Weight-tied depth (`cfg.loops` = R): the stack of blocks runs R times with the same weights, so every SBL is applied
+  R times per forward. Each application is one `loop` of it: `last_rate` is the mean over the loops of the last
+  forward, forward hooks and the tap fire once per loop (the gate loss gets a record per loop, losses.py; GN adds
+  every loop's rows to its curvature statistics, like more positions sharing the weight), and the KV cache holds
+  one slot per loop and block.
+- Dropout (`cfg.dropout`, training only): on the summed embeddings and on each residual branch (attention and MoIE
+  outputs) before it is added; in eval mode (decoding, scoring) it does nothing.
 - DynSIHA attention: one SBL emits Q, K and V; one full-width head by default (`n_heads` is a variant); an SBL is the
   output projection. MoIE feed-forward: SBL -> GELU -> SBL. Blocks are pre-norm residual (RMSNorm).
 - Positions are role-free: token + learned row + learned column embeddings at the input, and rotary embeddings whose
@@ -27,7 +34,7 @@ Read bottom-up: SBL -> Linear -> Attention (DynSIHA) -> FFN (MoIE) -> Block -> T
   the model never saw (test-time training learns its code). Two switches exist for the format comparison only:
   `cfg.task_codes=False` (no code) and `cfg.planes=False` (the plane is withheld from the rotary: 2-D positions).
 - arch="dense" is the baseline: every SBL becomes a plain Linear, everything else stays.
-- KVCache is preallocated per layer; crop(n) backtracks. Cached decoding computes exactly what the full forward
+- KVCache is preallocated per loop and layer; crop(n) backtracks. Cached decoding computes exactly what the full forward
   computes (same positions, same maths), one token at a time or in chunks.
 """
 
@@ -57,7 +64,7 @@ class SBL(nn.Module):
         self.sigma = nn.Parameter(torch.full((d_out, d_in), SIGMA_INIT + math.log(-math.expm1(-SIGMA_INIT))))
         self.gate = nn.Parameter(torch.full((d_out,), GATE_INIT))
         self.tap = None  # Callable[[Tensor, Tensor], None] | None: sees (x, z) on every forward when set
-        self.last_rate: Tensor | None = None  # (...,) fraction of units that fired, per token, last forward
+        self.last_rate: Tensor | None = None  # (...,) fraction of units that fired, per token, over the last loops
         self._frozen: tuple[tuple, tuple[Tensor, Tensor]] | None = None  # `_fused` kept for no-grad forwards
 
     @property
@@ -87,12 +94,15 @@ class SBL(nn.Module):
         weight = torch.cat([self.mu, self._keys(self.mu) / math.sqrt(self.d_in)])
         return weight, torch.cat([torch.zeros_like(self.gate), -self.gate])
 
-    def forward(self, x: Tensor) -> Tensor:
+    def forward(self, x: Tensor, loop: int = 0) -> Tensor:
+        """`loop`: which pass through the model's weight-tied stack this is; `last_rate` becomes the mean rate over
+        loops 0..loop of this forward."""
         z, logits = F.linear(x, *self._fused()).split(self.d_out, dim=-1)  # (..., d_out) each: z + 0, scores - gate
         if self.tap is not None:
             self.tap(x, z)
         route = F.relu(logits)
-        self.last_rate = route.detach().sign().mean(-1)  # (...,) route >= 0: its sign says whether a unit fired
+        rate = route.detach().sign().mean(-1)  # (...,) route >= 0: its sign says whether a unit fired
+        self.last_rate = rate if loop == 0 else self.last_rate + (rate - self.last_rate) / (loop + 1)
         return route * z
 
     def extra_repr(self) -> str:
@@ -110,7 +120,7 @@ class Linear(nn.Linear):
     def weight_matrix(self) -> nn.Parameter:
         return self.weight
 
-    def forward(self, x: Tensor) -> Tensor:
+    def forward(self, x: Tensor, loop: int = 0) -> Tensor:  # `loop` as the SBL's: a plain map has no rate to average
         z = super().forward(x)
         if self.tap is not None:
             self.tap(x, z)
@@ -123,27 +133,28 @@ def linear_map(cfg: ModelConfig, d_in: int, d_out: int) -> SBL | Linear:
 
 
 class KVCache:
-    """Keys and values of every layer for the tokens seen so far, preallocated to the model's max_len."""
+    """Keys and values of every attention slot (one per loop and layer) for the tokens seen so far, preallocated to
+    the model's max_len."""
 
-    def __init__(self, n_layers: int, max_len: int):
+    def __init__(self, n_slots: int, max_len: int):
         self.max_len = max_len
         self.length = 0  # tokens cached
-        self._k: list[Tensor | None] = [None] * n_layers
-        self._v: list[Tensor | None] = [None] * n_layers
+        self._k: list[Tensor | None] = [None] * n_slots
+        self._v: list[Tensor | None] = [None] * n_slots
 
-    def update(self, layer: int, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
-        """Store one layer's keys/values (B, H, T, hd) of the new tokens; return all cached (B, H, length + T, hd)."""
-        if self._k[layer] is None:
+    def update(self, slot: int, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
+        """Store one slot's keys/values (B, H, T, hd) of the new tokens; return all cached (B, H, length + T, hd)."""
+        if self._k[slot] is None:
             b, h, _, hd = k.shape
-            self._k[layer], self._v[layer] = k.new_zeros(b, h, self.max_len, hd), v.new_zeros(b, h, self.max_len, hd)
-        cache_k, cache_v = self._k[layer], self._v[layer]
+            self._k[slot], self._v[slot] = k.new_zeros(b, h, self.max_len, hd), v.new_zeros(b, h, self.max_len, hd)
+        cache_k, cache_v = self._k[slot], self._v[slot]
         end = self.length + k.shape[2]
         cache_k[:, :, self.length : end] = k
         cache_v[:, :, self.length : end] = v
         return cache_k[:, :, :end], cache_v[:, :, :end]
 
     def advance(self, n: int) -> None:
-        """Count n new tokens as cached (after every layer stored them)."""
+        """Count n new tokens as cached (after every slot stored them)."""
         self.length += n
 
     def crop(self, n: int) -> None:
@@ -191,24 +202,24 @@ class Attention(nn.Module):
 
     def __init__(self, cfg: ModelConfig, index: int):
         super().__init__()
-        self.index, self.n_heads, self.head_dim = index, cfg.n_heads, cfg.head_dim
+        self.index, self.n_layers, self.n_heads, self.head_dim = index, cfg.n_layers, cfg.n_heads, cfg.head_dim
         self.qkv = linear_map(cfg, cfg.d_model, 3 * cfg.d_model)
         self.out = linear_map(cfg, cfg.d_model, cfg.d_model)
 
-    def forward(self, x: Tensor, rope: tuple[Tensor, Tensor], cache: KVCache | None) -> Tensor:
+    def forward(self, x: Tensor, rope: tuple[Tensor, Tensor], cache: KVCache | None, loop: int = 0) -> Tensor:
         b, t, d = x.shape
-        q, k, v = self.qkv(x).view(b, t, 3, self.n_heads, self.head_dim).unbind(2)  # (B, T, H, hd) each
+        q, k, v = self.qkv(x, loop).view(b, t, 3, self.n_heads, self.head_dim).unbind(2)  # (B, T, H, hd) each
         q, k = rotate(q, *rope), rotate(k, *rope)
         q, k, v = (u.transpose(1, 2) for u in (q, k, v))  # (B, H, T, hd)
         past = 0
         if cache is not None:
             past = cache.length
-            k, v = cache.update(self.index, k, v)  # (B, H, past + T, hd)
+            k, v = cache.update(loop * self.n_layers + self.index, k, v)  # (B, H, past + T, hd)
         mask = None
         if past and t > 1:  # new token i sees every cached token and new tokens 0..i
             mask = torch.arange(past, past + t, device=x.device)[:, None] >= torch.arange(past + t, device=x.device)
         y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=not past and t > 1)  # (B, H, T, hd)
-        return self.out(y.transpose(1, 2).reshape(b, t, d))  # (B, T, D)
+        return self.out(y.transpose(1, 2).reshape(b, t, d), loop)  # (B, T, D)
 
 
 class FFN(nn.Module):
@@ -219,26 +230,27 @@ class FFN(nn.Module):
         self.up = linear_map(cfg, cfg.d_model, cfg.ffn_mult * cfg.d_model)
         self.down = linear_map(cfg, cfg.ffn_mult * cfg.d_model, cfg.d_model)
 
-    def forward(self, x: Tensor) -> Tensor:
-        return self.down(F.gelu(self.up(x)))
+    def forward(self, x: Tensor, loop: int = 0) -> Tensor:
+        return self.down(F.gelu(self.up(x, loop)), loop)
 
 
 class Block(nn.Module):
-    """Pre-norm residual block: x + attention(norm x), then x + ffn(norm x)."""
+    """Pre-norm residual block: x + dropout(attention(norm x)), then x + dropout(ffn(norm x))."""
 
     def __init__(self, cfg: ModelConfig, index: int):
         super().__init__()
         self.attn_norm, self.attn = nn.RMSNorm(cfg.d_model), Attention(cfg, index)
         self.ffn_norm, self.ffn = nn.RMSNorm(cfg.d_model), FFN(cfg)
+        self.drop = nn.Dropout(cfg.dropout)
 
-    def forward(self, x: Tensor, rope: tuple[Tensor, Tensor], cache: KVCache | None) -> Tensor:
-        x = x + self.attn(self.attn_norm(x), rope, cache)
-        return x + self.ffn(self.ffn_norm(x))
+    def forward(self, x: Tensor, rope: tuple[Tensor, Tensor], cache: KVCache | None, loop: int = 0) -> Tensor:
+        x = x + self.drop(self.attn(self.attn_norm(x), rope, cache, loop))
+        return x + self.drop(self.ffn(self.ffn_norm(x), loop))
 
 
 class TinyONN(nn.Module):
-    """Token + grid-coordinate (+ task-code) embeddings, `n_layers` blocks, a final norm and a linear head over the
-    vocabulary."""
+    """Token + grid-coordinate (+ task-code) embeddings, `n_layers` blocks run `loops` times, a final norm and a
+    linear head over the vocabulary."""
 
     def __init__(self, cfg: ModelConfig):
         super().__init__()
@@ -253,13 +265,14 @@ class TinyONN(nn.Module):
             embeddings.append(self.task_codes)
         for emb in embeddings:
             nn.init.normal_(emb.weight, std=len(embeddings) ** -0.5)  # their sum starts with unit variance
+        self.drop = nn.Dropout(cfg.dropout)
         self.rotary = Rotary(cfg.head_dim, cfg.format)
         self.blocks = nn.ModuleList(Block(cfg, i) for i in range(cfg.n_layers))
         self.norm = nn.RMSNorm(d)
         self.head = nn.Linear(d, cfg.vocab_size, bias=False)
 
     def new_cache(self) -> KVCache:
-        return KVCache(self.cfg.n_layers, self.cfg.max_len)
+        return KVCache(self.cfg.loops * self.cfg.n_layers, self.cfg.max_len)
 
     def forward(
         self, tokens: Tensor, rows: Tensor, cols: Tensor, pos: Tensor, cache: KVCache | None = None,
@@ -277,9 +290,11 @@ class TinyONN(nn.Module):
             if task is None:
                 raise ValueError("the pair format needs each sequence's task-code index (task=)")
             x = x + self.task_codes(task)[:, None]  # (B, 1, D) broadcast over the sequence
+        x = self.drop(x)
         rope = self.rotary(pos if self.cfg.planes else torch.zeros_like(pos), rows, cols)
-        for block in self.blocks:
-            x = block(x, rope, cache)
+        for loop in range(self.cfg.loops):
+            for block in self.blocks:
+                x = block(x, rope, cache, loop)
         if cache is not None:
             cache.advance(t)
         return self.head(self.norm(x))  # (B, T, V)
@@ -312,10 +327,20 @@ class TinyONN(nn.Module):
         return [m for m in self.blocks.modules() if isinstance(m, (SBL, Linear))]
 
     def param_groups(self, weight_decay: float) -> list[dict]:
-        """Optimizer groups, each with a "kind":
-        "matrix": the weight matrices of the tapped layers (mu / weight), decayed;
-        "other": embeddings (task codes included), the output head (an untied mirror of the embedding), norms,
-                 SBL sigma and gate: not decayed.
+        """Optimizer groups, each with a "kind". Decay pulls weights towards 0, so it goes where 0 means "nothing"
+        and the weights serve every token:
+        "matrix", decayed: the weight matrices of the tapped layers (SBL mu / Linear weight; Muon's matrices).
+        "other", not decayed:
+          - embeddings of tokens, rows, columns and task codes: a row gets gradient only when its token, coordinate
+            or task is in the batch, but decay shrinks it every step, so rare ones (a task's code, seen once every
+            few hundred steps) would fade between their uses;
+          - the output head (an untied mirror of the token embedding): decay would act as a logit temperature the
+            softmax already regularises; the recipes were tuned without it, so it stays out;
+          - RMSNorm gains: their neutral value is 1, not 0;
+          - SBL sigma: a pre-softplus scale whose neutral value is SIGMA_INIT, not 0 (0 is softplus 0.69); the KL loss
+            is its regulariser;
+          - SBL gate: a firing threshold; decay would move every unit's firing level rather than simplify it.
+        There are no biases (the maps have none; an SBL's gate is its bias).
         """
         matrices = [m.weight_matrix for m in self.tapped_layers()]
         in_matrices = {id(p) for p in matrices}

@@ -22,8 +22,13 @@ whole data cursor. A run stopped and resumed from a checkpoint ends with the
 same weights as one never stopped (step budgets; a wall-clock budget stops
 wherever the time runs out).
 
+EMA (`TrainConfig.ema`): the run keeps the moving average of its weights after each step (`ema_update`), and its
+checkpoints ship that average (what solve, eval, --init and `make ship` load); the raw weights go into the training
+state, which --resume continues from.
+
 Stages: `prepare(..., init=checkpoint)` starts a new run from a checkpoint's weights with a fresh optimizer and lr
 schedule, so a long training can go on stage by stage; each checkpoint lists the stages behind it (checkpoint.py).
+A stage starts from the weights its init checkpoint ships (an EMA stage's average), with a fresh average of its own.
 A pair-format stage may train on other tasks than the one before it: shared tasks keep their codes (`_init_state`).
 
 Distributed data parallel (torchrun): each rank draws its own batch, gradients
@@ -31,6 +36,7 @@ and Gauss-Newton statistics are averaged with all-reduce before the update, and
 only rank 0 writes checkpoints and metrics.
 """
 
+import copy
 import functools
 import json
 import math
@@ -308,6 +314,19 @@ def lr_factor(progress: float, step: int, warmup_steps: int, min_ratio: float) -
     return warm * (min_ratio + (1 - min_ratio) * cosine)
 
 
+@torch.no_grad()
+def ema_update(average: TinyONN, model: TinyONN, decay: float, t: int) -> None:
+    """Fold `model`'s weights w_t after step t (from 1) into `average`, their bias-corrected moving average
+
+        average_t = (1 - decay) / (1 - decay^t) · Σ_{s=1..t} decay^(t-s) w_s
+
+    i.e. average_t = lerp(average_{t-1}, w_t, (1 - decay) / (1 - decay^t)): average_1 = w_1, and the weights the
+    stage began from carry no weight (a plain EMA from them would keep decay^t of them: 13% after 2000 steps at
+    0.999)."""
+    for a, w in zip(average.parameters(), model.parameters(), strict=True):
+        a.lerp_(w, (1 - decay) / (1 - decay**t))
+
+
 def _all_reduce_mean(tensors: list[torch.Tensor]) -> None:
     if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
         return
@@ -434,6 +453,7 @@ class Run:
     earlier: list[Stage] = field(default_factory=list)  # the stages before this one, oldest first
     commands: list[str] = field(default_factory=list)  # the command lines of this stage (began it, then resumes)
     init_sha256: str | None = None  # the weights this stage began from; None: a fresh init
+    ema: TinyONN | None = None  # the moving average of the weights (cfg.ema > 0): what checkpoints ship
     step: int = 0
     elapsed: float = 0.0  # seconds of this stage's steps
     tokens: int = 0  # real, target and padded tokens of this stage's steps, all ranks (Stage has their meaning)
@@ -451,17 +471,21 @@ class Run:
             commands=self.commands, init_sha256=self.init_sha256, saved=datetime.now(UTC), data=self.data,
             steps=self.step, tokens=self.tokens, target_tokens=self.target_tokens, padded_tokens=self.padded_tokens,
             seconds=self.elapsed, precision=resolve_precision(self.cfg.precision, next(self.model.parameters()).device),
+            ema=self.cfg.ema,
         )  # fmt: skip
 
     def save(self, metrics: dict[str, float]) -> None:
-        """Atomically write the checkpoint with everything needed to resume (rank 0 only)."""
+        """Atomically write the checkpoint with everything needed to resume (rank 0 only). With an EMA, the
+        checkpoint's weights are the average and the raw weights go into the training state."""
         if _rank()[0] != 0:
             return
         state = {"optimizer": self.opt.state_dict()} | {name: getattr(self, name) for name in _COUNTERS}
+        if self.ema is not None:
+            state["weights"] = self.model.state_dict()
         stages = [*self.earlier, self.stage()]
         save_checkpoint(
             self.paths.checkpoint,
-            self.model,
+            self.model if self.ema is None else self.ema,
             TrainingData.union([stage.data for stage in stages]),
             self.step,
             metrics,
@@ -498,6 +522,8 @@ class Run:
                         f"the last good checkpoint in {self.paths.checkpoint} is kept; try a lower --lr"
                     )
                 self.step += 1
+                if self.ema is not None:
+                    ema_update(self.ema, model, cfg.ema, self.step)  # a skipped step's weights: the step before's
                 seconds = time.perf_counter() - started
                 self.elapsed += seconds
                 counts = [int((batch.tokens != PAD).sum()), int(metrics["tokens"]), batch.tokens.numel()]
@@ -522,9 +548,9 @@ class Run:
 
 def _check_init_model(init: ModelConfig, asked: ModelConfig) -> None:
     """A stage keeps its init checkpoint's architecture; only max_len may change (positions are rotary and grid
-    coordinates, so no weight depends on the context length), and the task ids and copies, which follow the stage's data
-    (codes are carried over by their keys: `_init_state`)."""
-    free = ("max_len", "task_ids", "copies")
+    coordinates, so no weight depends on the context length), the task ids and copies, which follow the stage's data
+    (codes are carried over by their keys: `_init_state`), and dropout, which only training sees."""
+    free = ("max_len", "task_ids", "copies", "dropout")
     differ = [n for n in ModelConfig.model_fields if n not in free and getattr(init, n) != getattr(asked, n)]
     if differ:
         has = ", ".join(f"{name}={getattr(init, name)}" for name in differ)
@@ -595,7 +621,8 @@ def prepare(
                 f"{paths.checkpoint}: written by an onn-arc that did not record training stages; "
                 f"start a new stage from it with --init {paths.checkpoint}"
             )
-        model.load_state_dict(loaded.model.state_dict())
+        shipped = loaded.model.state_dict()  # with an EMA, the average; the raw weights are in the state
+        model.load_state_dict(state.get("weights", shipped))
         opt.load_state_dict(state["optimizer"])
         *run.earlier, current = loaded.meta.stages
         run.data = TrainingData.union([current.data, data])  # the sources may have changed on resuming
@@ -604,6 +631,10 @@ def prepare(
             setattr(run, name, state[name])
         if rank == 0:
             _trim_metrics(paths.metrics, run.step)
+    if cfg.ema:
+        run.ema = copy.deepcopy(model).requires_grad_(False)
+        if resume and "weights" in state:  # else the average starts at the weights resumed (they were not averaged)
+            run.ema.load_state_dict(shipped)
     if rank == 0:
         paths.root.mkdir(parents=True, exist_ok=True)
     return run

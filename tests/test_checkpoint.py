@@ -340,7 +340,7 @@ LATER = TrainingData(sources=["arc2-train"], test_outputs_from=["arc2-train"], d
 STAGES = [
     Stage(commands=["onn-arc train"], saved=NOW, data=DATA, steps=10, tokens=900, target_tokens=300, padded_tokens=1000, seconds=2.5),
     Stage(commands=["onn-arc train --init x", "onn-arc train --resume"], init_sha256="ab" * 32, saved=NOW, data=LATER,
-          steps=5, tokens=450, target_tokens=150, padded_tokens=500, seconds=1.25, precision="bf16"),
+          steps=5, tokens=450, target_tokens=150, padded_tokens=500, seconds=1.25, precision="bf16", ema=0.999),
 ]  # fmt: skip
 
 
@@ -371,6 +371,7 @@ def test_the_shipped_checkpoint_still_loads(tmp_path: Path):
     meta = load_checkpoint(checkpoint.REPO_ROOT / "checkpoints" / "default").meta
     assert meta.stages[-1].steps == meta.step > 0 and meta.data == TrainingData.union([s.data for s in meta.stages])
     assert meta.data.leaks_into(load_split("arc1-eval") + load_split("arc2-eval")) == []  # no evaluation answer, by id
+    assert (meta.model.loops, meta.model.dropout, meta.stages[-1].ema) == (1, 0.0, 0.0)  # saved before they existed
 
 
 # ---------------------------------------------------------------- inspect
@@ -402,14 +403,26 @@ def test_inspect_shows_the_chain_and_its_totals(chained, saved):
     start = lines.index("stages: 2 · total 15 steps · 1,350 tokens (450 target, 1,500 padded) · 3.8 s")
     assert lines[start + 1].startswith("  1. 10 steps · 900 tokens (300 target, 1,000 padded) · 2.5 s · ? · arc1-train + ")
     assert lines[start + 1].endswith("fresh init · 2026-01-02 03:04 · onn-arc train")
-    assert f"· bf16 · arc2-train · from {'ab' * 6} ·" in lines[start + 2]
+    assert f"· bf16 · arc2-train · from {'ab' * 6} · EMA 0.999 ·" in lines[start + 2]
+    assert any("weights" in line and "EMA 0.999 of the last stage's" in line for line in lines)
     assert lines[start + 2].endswith("onn-arc train --init x ; onn-arc train --resume")
     report = json.loads(CliRunner().invoke(app, ["inspect", str(chained), "--tasks", "0", "--json"]).stdout)
     assert report["totals"]["tokens"] == 1350 and len(report["stages"]) == 2
 
     result = CliRunner().invoke(app, ["inspect", str(saved[0]), "--tasks", "0"])
     assert "stages: 1 · total 3 steps · ? tokens (? target, ? padded) · ? s" in result.stdout
+    assert any(line.split() == ["│", "weights", "│", "raw", "│"] for line in result.stdout.splitlines())
     assert "command not recorded" in result.stdout
+
+
+def test_inspect_a_looped_model_measures_every_loop(tmp_path: Path):
+    folder = save_checkpoint(tmp_path / "looped", tiny(loops=2, dropout=0.1), DATA, 0, {})
+    result = CliRunner().invoke(app, ["inspect", str(folder), "--tasks", "1", "--json", "--threads", "1"])
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout)
+    assert (report["model"]["loops"], report["model"]["dropout"]) == (2, 0.1)
+    assert len(report["activation"]["layers"]) == 4  # one row per layer, its rate the mean over the loops
+    assert "loops" in CliRunner().invoke(app, ["inspect", str(folder), "--tasks", "0"]).stdout
 
 
 def test_inspect_dense_baseline(tmp_path: Path):

@@ -53,6 +53,10 @@ def changed(before: TrainConfig, after: TrainConfig) -> dict[str, Any]:
         (["--no-augment"], {"augment.dihedral": False, "augment.colours": False, "augment.shuffle": False}),
         (["--steps", "7"], {"steps": 7}),
         (["--size", "small"], {"model.d_model": 64, "model.n_layers": 2}),  # base and small share ffn_mult, max_len
+        (["--loops", "2"], {"model.loops": 2}),
+        (["--dropout", "0.1"], {"model.dropout": 0.1}),
+        (["--weight-decay", "0.05"], {"optimizer.weight_decay": 0.05}),
+        (["--ema", "0.999"], {"ema": 0.999}),
     ],
 )
 def test_a_flag_changes_its_field_of_the_defaults_and_nothing_else(config_of, args, change):

@@ -83,6 +83,35 @@ def test_surprise_is_the_main_loss_gradient_at_each_sbl_output(batch):
     assert all(s.sum() > 0 for _, _, s in recorder.records())
 
 
+def test_with_loops_every_application_of_an_sbl_gets_its_own_surprise(batch):
+    """Weight-tied depth applies each SBL once per loop: the recorder keeps each application's input and the main
+    loss's gradient at that application's output, so the gate loss sees every loop's routing."""
+    model = TinyONN(ModelConfig.preset("tiny", loops=2))
+    layers = [layer for _, layer in model.routed_layers()]
+    inputs, outputs = {layer: [] for layer in layers}, {layer: [] for layer in layers}
+
+    def keep(layer, args, y):
+        inputs[layer].append(args[0].detach().flatten(0, -2))
+        outputs[layer].append(y)
+
+    handles = [layer.register_forward_hook(keep) for layer in layers]
+    with SurpriseRecorder(layers, torch.arange(batch.tokens.numel())) as recorder:
+        logits = model(batch.tokens, batch.rows, batch.cols, batch.pos)
+    for h in handles:
+        h.remove()
+    loss, _ = main_loss(logits, batch.tokens, batch.targets)
+    grads = torch.autograd.grad(loss, [y for layer in layers for y in outputs[layer]], retain_graph=True)
+    recorder.collecting = True
+    loss.backward()
+    records = recorder.records()
+    assert [layer for layer, _, _ in records] == [layer for layer in layers for _ in range(2)]
+    for (layer, x, surprise), want_x, grad in zip(records, [x for layer in layers for x in inputs[layer]], grads):
+        torch.testing.assert_close(x, want_x)
+        torch.testing.assert_close(surprise, grad.flatten(0, -2).abs())
+    assert not torch.equal(records[0][1], records[1][1])  # the two loops of a layer see different inputs
+    assert gate_loss(records).requires_grad
+
+
 def test_surprise_is_not_recorded_outside_collecting(batch):
     model = tiny()
     recorder, _, loss = recorded_step(model, batch, torch.arange(5))

@@ -115,9 +115,11 @@ def pair_batch():
     return collate([encode_pair(task.train[0], task=2), encode_pair(task.test[0], task=0)])
 
 
-@pytest.mark.parametrize("arch,n_heads", [("onn", 1), ("dense", 1), ("onn", 2)])
-def test_cached_decoding_matches_full_forward(batch, arch, n_heads):
-    model = TinyONN(ModelConfig.preset("tiny", arch=arch, n_heads=n_heads)).eval()
+@pytest.mark.parametrize(
+    "arch,n_heads,loops", [("onn", 1, 1), ("dense", 1, 1), ("onn", 2, 1), ("onn", 1, 2), ("dense", 2, 3)]
+)
+def test_cached_decoding_matches_full_forward(batch, arch, n_heads, loops):
+    model = TinyONN(ModelConfig.preset("tiny", arch=arch, n_heads=n_heads, loops=loops)).eval()
     n = batch.tokens.shape[1]
     with torch.no_grad():
         full = model(batch.tokens, batch.rows, batch.cols, batch.pos)  # (1, T, V)
@@ -138,9 +140,9 @@ def test_cached_decoding_matches_full_forward(batch, arch, n_heads):
         torch.testing.assert_close(refed, full[:, 150:], rtol=0, atol=1e-5)
 
 
-@pytest.mark.parametrize("arch", ["onn", "dense"])
-def test_cached_decoding_matches_full_forward_in_the_pair_format(arch):
-    model = TinyONN(ModelConfig.preset("tiny", arch=arch, **PAIRS)).eval()
+@pytest.mark.parametrize("arch,loops", [("onn", 1), ("dense", 1), ("onn", 2)])
+def test_cached_decoding_matches_full_forward_in_the_pair_format(arch, loops):
+    model = TinyONN(ModelConfig.preset("tiny", arch=arch, loops=loops, **PAIRS)).eval()
     b = pair_batch()
     n = b.tokens.shape[1]
     with torch.no_grad():
@@ -227,6 +229,53 @@ def test_param_groups_cover_every_parameter_once(arch):
     torch.optim.AdamW(groups, lr=1e-3)  # the groups are valid optimizer input
 
 
+@pytest.mark.parametrize("arch", ["onn", "dense"])
+def test_param_groups_decay_the_block_weight_matrices_only(arch):
+    model = TinyONN(ModelConfig.preset("tiny", arch=arch, n_layers=2, **PAIRS))
+    names = {id(p): name for name, p in model.named_parameters()}
+    decayed = {names[id(p)] for g in model.param_groups(0.1) if g["weight_decay"] for p in g["params"]}
+    weight = "mu" if arch == "onn" else "weight"
+    maps = ("attn.qkv", "attn.out", "ffn.up", "ffn.down")
+    assert decayed == {f"blocks.{i}.{m}.{weight}" for i in range(2) for m in maps}
+    kept = set(names.values()) - decayed
+    assert {"tok_emb.weight", "row_emb.weight", "col_emb.weight", "task_codes.weight", "head.weight", "norm.weight",
+            "blocks.0.attn_norm.weight", "blocks.1.ffn_norm.weight"} <= kept  # fmt: skip
+    assert ({"blocks.0.attn.qkv.sigma", "blocks.1.ffn.down.gate"} <= kept) == (arch == "onn")
+
+
+def test_loops_run_the_stack_again_with_the_same_weights(batch):
+    """loops=2 over one block is two blocks holding the same weights; each SBL's last_rate is the mean over the
+    loops; no parameter is added."""
+    looped = TinyONN(ModelConfig.preset("tiny", loops=2)).eval()
+    unrolled = TinyONN(ModelConfig.preset("tiny", n_layers=2)).eval()
+    assert looped.num_params() == TinyONN(ModelConfig.preset("tiny")).num_params()
+    state = looped.state_dict()
+    second = {k.replace("blocks.0.", "blocks.1."): v for k, v in state.items() if k.startswith("blocks.0.")}
+    unrolled.load_state_dict(state | second)
+    with torch.no_grad():
+        a = looped(batch.tokens, batch.rows, batch.cols, batch.pos)
+        b = unrolled(batch.tokens, batch.rows, batch.cols, batch.pos)
+    torch.testing.assert_close(a, b, rtol=0, atol=0)
+    for name, layer in looped.routed_layers():
+        rates = [dict(unrolled.routed_layers())[name.replace("blocks.0.", f"blocks.{i}.")].last_rate for i in (0, 1)]
+        torch.testing.assert_close(layer.last_rate, (rates[0] + rates[1]) / 2)
+
+
+@pytest.mark.parametrize("loops", [1, 2])
+def test_dropout_acts_in_training_only(batch, loops):
+    torch.manual_seed(0)
+    dropped = TinyONN(ModelConfig.preset("tiny", loops=loops, dropout=0.2))
+    plain = TinyONN(ModelConfig.preset("tiny", loops=loops))
+    plain.load_state_dict(dropped.state_dict())
+    args = (batch.tokens, batch.rows, batch.cols, batch.pos)
+    with torch.no_grad():
+        evaluated = [dropped.eval()(*args) for _ in range(2)]
+        assert torch.equal(evaluated[0], evaluated[1]) and torch.equal(evaluated[0], plain.eval()(*args))
+        assert torch.equal(plain.train()(*args), evaluated[0])  # dropout 0: training mode changes nothing
+        trained = [dropped.train()(*args) for _ in range(2)]
+    assert not torch.equal(trained[0], trained[1]) and not torch.equal(trained[0], evaluated[0])
+
+
 def test_dense_baseline_swaps_only_the_linear_maps():
     onn, dense = (TinyONN(ModelConfig.preset("base", arch=a)) for a in ("onn", "dense"))
     sbl_extra = sum(layer.sigma.numel() + layer.gate.numel() for _, layer in onn.routed_layers())
@@ -240,6 +289,10 @@ def test_config_validation_names_the_field_and_value():
         ModelConfig.preset("tiny", d_model=20)
     with pytest.raises(ConfigError, match="n_layers=0"):
         ModelConfig.preset("tiny", n_layers=0)
+    with pytest.raises(ConfigError, match="loops=0"):
+        ModelConfig.preset("tiny", loops=0)
+    with pytest.raises(ConfigError, match="dropout=1.0"):
+        ModelConfig.preset("tiny", dropout=1.0)
     with pytest.raises(ConfigError, match="arch='sparse'"):
         ModelConfig.preset("tiny", arch="sparse")
     with pytest.raises(ConfigError, match="colour"):

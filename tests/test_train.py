@@ -14,7 +14,7 @@ from typer.testing import CliRunner
 import onn_arc.cli.train  # noqa: F401  (registers the command)
 from onn_arc import train as tr
 from onn_arc.augment import Augmentation
-from onn_arc.checkpoint import COUNTED, default_checkpoint, load_checkpoint, save_checkpoint
+from onn_arc.checkpoint import COUNTED, default_checkpoint, export_weights, load_checkpoint, save_checkpoint
 from onn_arc.cli.app import app
 from onn_arc.config import AugmentConfig, ModelConfig, OptimizerConfig, SolveConfig, TrainConfig
 from onn_arc.data import load_source, load_split, resolve_task
@@ -44,6 +44,16 @@ def _weights(run: tr.Run) -> dict[str, torch.Tensor]:
     return {k: v.clone() for k, v in run.model.state_dict().items()}
 
 
+def _stop_at(stop: int):
+    """An on_step that asks the run to save and stop after step `stop`, as Ctrl-C does."""
+
+    def on_step(step, metrics):
+        if step == stop:
+            os.kill(os.getpid(), signal.SIGINT)  # handled: save and stop
+
+    return on_step
+
+
 @pytest.mark.parametrize("precision", ["fp32", "bf16"])
 @pytest.mark.parametrize("optimizer", ["gn", "adamw", "muon"])
 def test_interrupted_and_resumed_run_ends_with_the_same_weights(tmp_path, optimizer, precision):
@@ -52,12 +62,7 @@ def test_interrupted_and_resumed_run_ends_with_the_same_weights(tmp_path, optimi
     whole.fit()
 
     first = tr.prepare(_cfg(optimizer=opt, precision=precision), tmp_path / "parts")
-
-    def stop_after_3(step, metrics):
-        if step == 3:
-            os.kill(os.getpid(), signal.SIGINT)  # handled: save and stop
-
-    first.fit(stop_after_3)
+    first.fit(_stop_at(3))
     saved = load_checkpoint(tmp_path / "parts" / "checkpoint").meta
     assert saved.step == 3 and saved.stages[-1].precision == precision
     second = tr.prepare(_cfg(optimizer=opt, precision=precision), tmp_path / "parts", resume=True)
@@ -68,6 +73,54 @@ def test_interrupted_and_resumed_run_ends_with_the_same_weights(tmp_path, optimi
     assert all(torch.equal(a[k], b[k]) for k in a)
     lines = [json.loads(x) for x in (tmp_path / "parts" / "metrics.jsonl").read_text().splitlines()]
     assert [x["step"] for x in lines] == [1, 2, 3, 4, 5, 6]
+
+
+def test_ema_checkpoints_ship_the_average_and_a_resumed_run_ends_the_same(tmp_path):
+    """With ema (and loops, dropout): the checkpoint's weights are the bias-corrected moving average of the weights
+    after each step, the raw ones are in the training state, and a run resumed from step 3 ends with the same raw
+    and average weights as one never stopped; export_weights ships the average."""
+    decay = 0.8
+    model = ModelConfig.preset("tiny", max_len=256, loops=2, dropout=0.1)
+    cfg = _cfg(model=model, ema=decay, optimizer=OptimizerConfig(name="muon"))
+    whole = tr.prepare(cfg, tmp_path / "whole")
+    raw = []
+    whole.fit(lambda step, m: raw.append(_weights(whole)))
+    average = raw[0]
+    for t, w in enumerate(raw[1:], 2):
+        average = {k: v + (w[k] - v) * (1 - decay) / (1 - decay**t) for k, v in average.items()}
+    saved = load_checkpoint(tmp_path / "whole" / "checkpoint")
+    shipped = saved.model.state_dict()
+    for k, v in average.items():
+        torch.testing.assert_close(shipped[k], v, rtol=1e-5, atol=1e-6)
+    assert not torch.allclose(shipped["blocks.0.attn.qkv.mu"], raw[-1]["blocks.0.attn.qkv.mu"])
+    assert all(torch.equal(saved.train_state["weights"][k], v) for k, v in raw[-1].items())
+    assert saved.meta.stages[-1].ema == decay
+
+    tr.prepare(cfg, tmp_path / "parts").fit(_stop_at(3))
+    second = tr.prepare(cfg, tmp_path / "parts", resume=True)
+    assert second.step == 3
+    second.fit()
+    assert all(torch.equal(raw[-1][k], v) for k, v in _weights(second).items())
+    resumed = load_checkpoint(tmp_path / "parts" / "checkpoint").model.state_dict()
+    assert all(torch.equal(shipped[k], v) for k, v in resumed.items())
+
+    exported = load_checkpoint(export_weights(tmp_path / "whole" / "checkpoint", tmp_path / "ship"))
+    assert exported.train_state is None and exported.meta.stages[-1].ema == decay
+    assert all(torch.equal(shipped[k], v) for k, v in exported.model.state_dict().items())
+
+
+def test_gauss_newton_counts_every_loop_of_a_weight_tied_layer(tmp_path):
+    """GN's input factor of a layer applied once per loop is the mean x xᵀ over the rows of every application."""
+    cfg = _cfg(model=ModelConfig.preset("tiny", max_len=256, loops=2), precision="fp32", steps=1)
+    run = tr.prepare(cfg, tmp_path)
+    layer = run.model.blocks[0].ffn.up
+    seen = []
+    handle = layer.register_forward_pre_hook(lambda m, args: seen.append(args[0].detach().flatten(0, -2)))
+    run.fit()
+    handle.remove()
+    assert len(seen) == 2
+    rows = torch.cat(seen)  # (2 B T, d_in)
+    torch.testing.assert_close(run.opt.state[layer.mu]["A"], rows.T @ rows / len(rows))
 
 
 @pytest.mark.parametrize("optimizer", ["gn", "muon"])
@@ -255,12 +308,7 @@ def test_a_resumed_stage_keeps_its_chain_and_adds_to_its_counts(stage1, tmp_path
     init = load_checkpoint(stage1)
     whole = tr.prepare(_stage2_cfg(), tmp_path / "whole", init=init)
     whole.fit()
-
-    def stop_after_1(step, metrics):
-        if step == 1:
-            os.kill(os.getpid(), signal.SIGINT)
-
-    tr.prepare(_stage2_cfg(), tmp_path / "parts", init=init, command="began").fit(stop_after_1)
+    tr.prepare(_stage2_cfg(), tmp_path / "parts", init=init, command="began").fit(_stop_at(1))
     second = tr.prepare(_stage2_cfg(), tmp_path / "parts", resume=True, command="resumed")
     assert (second.step, second.earlier, second.init_sha256) == (1, init.meta.stages, whole.init_sha256)
     second.fit()

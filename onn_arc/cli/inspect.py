@@ -64,8 +64,8 @@ def _fitting_tasks(n: int, cfg: ModelConfig) -> list[data.Task]:
 
 @torch.no_grad()
 def activation_stats(model: TinyONN, n_tasks: int) -> dict[str, Any]:
-    """Mean SBL activation rate per layer (over real tokens) and dead units (never firing) on `n_tasks` tasks; in the
-    pair format each with its trained code, or a fresh one (on a copy of the model) where it has none."""
+    """Mean SBL activation rate per layer (over real tokens and loops) and dead units (never firing) on `n_tasks`
+    tasks; in the pair format each with its trained code, or a fresh one (on a copy of the model) where it has none."""
     if not model.routed_layers():
         return {"dense": True, "mean_rate": 1.0, "tasks": [], "tokens": 0, "layers": []}
     tasks = _fitting_tasks(n_tasks, model.cfg)
@@ -74,11 +74,12 @@ def activation_stats(model: TinyONN, n_tasks: int) -> dict[str, Any]:
             model = with_task_code(model, task, "mean")
     batch = collate([_encode(task, model.cfg, code_of(model, task)) for task in tasks])
     real = batch.tokens != PAD  # (B, T)
-    fired: dict[str, torch.Tensor] = {}  # layer name -> (d_out,) bool: the unit fired on some real token
+    fired: dict[str, torch.Tensor] = {}  # layer name -> (d_out,) bool: the unit fired on some real token, some loop
 
     def record(name: str):
-        def hook(sbl: SBL, args: tuple[torch.Tensor]) -> None:
-            fired[name] = (sbl.route_logits(args[0])[real] > 0).any(dim=0)  # (N real, d_out) -> (d_out,)
+        def hook(sbl: SBL, args: tuple[torch.Tensor, ...]) -> None:
+            now = (sbl.route_logits(args[0])[real] > 0).any(dim=0)  # (N real, d_out) -> (d_out,)
+            fired[name] = fired[name] | now if name in fired else now
 
         return hook
 
@@ -121,6 +122,7 @@ def _stage_line(i: int, stage: Stage) -> str:
     if d.demos_only:
         used.append("demos of " + ", ".join(d.demos_only))
     start = f"from {stage.init_sha256[:12]}" if stage.init_sha256 else "fresh init"
+    start += f" · EMA {stage.ema:g}" if stage.ema else ""
     commands = " ; ".join(stage.commands) or "command not recorded"
     counts = training_counts(stage.model_dump(include=set(COUNTED)))
     data = " + ".join(used) or "no data"
@@ -137,6 +139,7 @@ def _render(ckpt: LoadedCheckpoint, params: dict[str, int], activation: dict[str
                 "written by": f"onn-arc {meta.onn_arc_version} (format {meta.format_version})",
                 "created": meta.created.isoformat(timespec="seconds"),
                 "train state": "saved" if ckpt.train_state is not None else "none",
+                "weights": f"EMA {meta.stages[-1].ema:g} of the last stage's" if meta.stages[-1].ema else "raw",
                 **meta.model.model_dump(exclude={"task_ids"}),
                 **({"task codes": meta.model.n_task_codes} if meta.model.format == "pairs" else {}),
             },

@@ -74,9 +74,13 @@ def train_command(
     copies: Annotated[int | None, Opt(help="pairs: train every task as this many fixed augmented copies (the identity first), each with its own code, so a code never sees its rule under two colour maps or orientations (0: one code per task, a fresh augmentation per pair).")] = None,
     d_model: Annotated[int | None, Opt(help="Override the preset's width.")] = None,
     n_layers: Annotated[int | None, Opt(help="Override the preset's depth.")] = None,
+    loops: Annotated[int | None, Opt(help="Run the stack of blocks this many times with the same weights (weight-tied depth; 1: once).")] = None,
+    dropout: Annotated[float | None, Opt(help="Dropout on the embeddings and residual branches, in training only (0: off).")] = None,
     max_len: Annotated[int | None, Opt(help="Override the preset's context length in tokens.")] = None,
     optimizer: Annotated[str | None, Opt(help="muon (the default: Muon on weight matrices, AdamW elsewhere), gn (Gauss-Newton preconditioned; the shipped checkpoint's), or adamw.")] = None,
     lr: Annotated[float | None, Opt(help="Peak learning rate (default 1e-2; AdamW's best in bench/optim.py was 3e-3).")] = None,
+    weight_decay: Annotated[float | None, Opt(help="Decoupled weight decay of the weight matrices (default 0.1; nothing else decays).")] = None,
+    ema: Annotated[float | None, Opt(help="Checkpoints ship the moving average of the weights with this decay, e.g. 0.999 (0: the raw weights).")] = None,
     batch_tokens: Annotated[int | None, Opt(help="Padded tokens per step.")] = None,
     steps: Annotated[int | None, Opt(help="Step budget (the lr schedule ends here).")] = None,
     seconds: Annotated[float | None, Opt(help="Wall-clock budget in seconds (stops early; the schedule follows it).")] = None,
@@ -115,7 +119,8 @@ def train_command(
     flags = {
         "sources": source, "demo_sources": demo_source, "model.arch": arch, "model.format": format,
         "input_loss": input_loss, "model.copies": copies, "model.d_model": d_model,
-        "model.n_layers": n_layers, "model.max_len": max_len, "optimizer.name": optimizer, "optimizer.lr": lr,
+        "model.n_layers": n_layers, "model.loops": loops, "model.dropout": dropout, "model.max_len": max_len,
+        "optimizer.name": optimizer, "optimizer.lr": lr, "optimizer.weight_decay": weight_decay, "ema": ema,
         "batch_tokens": batch_tokens, "steps": steps, "seconds": seconds, "warmup_steps": warmup_steps,
         "loss.gate_weight": gate_weight, "loss.kl_weight": kl_weight,
         "loss.gate_form": gate_form, "checkpoint_every": checkpoint_every, "seed": seed,
@@ -151,7 +156,7 @@ def _run(run: Run, device: torch.device, show: bool) -> None:
         m = cfg.model
         err.print(
             f"training {m.arch} ({m.format}{f', {m.copies} copies a task' if m.copies else ''}) d={m.d_model} "
-            f"layers={m.n_layers} ctx={m.max_len} with {cfg.optimizer.name} "
+            f"layers={m.n_layers}{f'×{m.loops}' if m.loops > 1 else ''} ctx={m.max_len} with {cfg.optimizer.name} "
             f"on {', '.join(cfg.sources)}{' + demos of ' + ', '.join(cfg.demo_sources) if cfg.demo_sources else ''} "
             f"→ {paths.root}  ({device}, {resolve_precision(cfg.precision, device)})"
             + (f"; stage {len(run.earlier) + 1}, from weights {run.init_sha256[:12]}" if run.init_sha256 else ""),

@@ -34,7 +34,11 @@ so b_r is the gradient of the *summed* sampled loss (per-token scale) and
 softmax cross-entropy, and where one token drives one loss term the estimate
 is exact in expectation. Micro-batches (several capture/accumulate rounds
 before one step) pool their sums, so the step's statistics are those of the
-whole batch.
+whole batch. A layer applied several times in one forward (weight-tied depth:
+the model's `loops`) taps once per application: every application's rows x_r
+and gradients b_r (∂/∂z at that application, through everything after it)
+enter the sums, the applications counting as more positions sharing the
+weight, as the expand setting treats positions; R counts them all.
 """
 
 from collections.abc import Callable, Iterable, Iterator
