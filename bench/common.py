@@ -114,16 +114,19 @@ def onn_arc(args: list[str], log: Path, console: Console) -> None:
         sys.exit(f"failed ({code}): {shown}\n" + "".join(log.read_text().splitlines(True)[-5:]))
 
 
-def train_pairs(out: Path, seconds: float, sources: list[str], flags: list[str], console: Console) -> None:
-    """Train the pair format's base preset into `out` on `sources` for `seconds` of step-time with `flags` besides,
-    checkpointing every 200 steps; resume it where a run was started before (its saved config has everything)."""
+def train_pairs(
+    out: Path, seconds: float, sources: list[str], flags: list[str], console: Console, size: str = "base"
+) -> None:
+    """Train the pair format's `size` preset into `out` on `sources` for `seconds` of step-time with `flags`
+    besides, checkpointing every 200 steps; resume it where a run was started before (its saved config has
+    everything)."""
     log = out.with_name(f"{out.name}.train.log")
     if (out / "checkpoint").exists():
         onn_arc(["train", "--out", str(out), "--resume"], log, console)
         return
     data = [flag for source in sources for flag in ("--source", source)]
     args = [
-        "train", "--out", str(out), "--format", "pairs", "--size", "base", *data, "--seconds", str(seconds),
+        "train", "--out", str(out), "--format", "pairs", "--size", size, *data, "--seconds", str(seconds),
         "--steps", "1000000", "--checkpoint-every", "200", *flags,
     ]  # fmt: skip
     onn_arc(args, log, console)

@@ -6,12 +6,16 @@ solves all 80 dev tasks (drawn from ARC-AGI-1 training, never trained on) with t
 of one thread each. The table splits every arm by whether a test output holds a colour absent from its test input.
 
     python bench/recipes.py [--root runs/recipes] [--seconds 7200] [--arms base copies-8 copies-32]   (make bench-recipes)
+    python bench/recipes.py --root runs/shape --seconds 3600 --common "--copies 8" --arms base deep looped wide regularised dense
 
-Arms (train flags beside `--format pairs --size base`):
+Arms (train flags beside `--format pairs --size base` and `--common`):
 - base: one code per task, every pair drawn with a fresh random rotation/reflection and colour permutation (the
   shipped recipe);
+- inputs: the same, colours permuted only among each task's input colours (`--colours inputs`);
 - copies-K: every task enters as K fixed augmented copies (the identity first), each with its own code
-  (`--copies K`), so that a code never sees its rule under two colour maps.
+  (`--copies K`), so that a code never sees its rule under two colour maps;
+- the model's shape (issue #30): deep (8 blocks), looped (4 blocks applied twice, weight-tied), wide (d=256),
+  regularised (dropout 0.1 and an EMA of the weights; weight decay 0.1 is the default), dense (no SBL).
 
 Every command is printed; an interrupted arm resumes where its last periodic checkpoint left it (rerun the same
 command), a finished one is reused. Compare arms only when they ran on the same idle machine: `--seconds` is
@@ -20,12 +24,14 @@ step-time, and a second heavy job halves every arm's steps. Ends with a table an
 
 import argparse
 import json
+import shlex
 import sys
 from pathlib import Path
 
 from rich.console import Console
 from rich.table import Table
 
+from onn_arc.checkpoint import load_checkpoint
 from onn_arc.cli.common import number
 from onn_arc.data import load_split
 
@@ -35,8 +41,14 @@ from common import new_colour_split, onn_arc, train_pairs, training_summary  # b
 DEV = "arc1-dev"
 ARMS: dict[str, list[str]] = {
     "base": [],
+    "inputs": ["--colours", "inputs"],
     "copies-8": ["--copies", "8"],
     "copies-32": ["--copies", "32"],
+    "deep": ["--n-layers", "8"],
+    "looped": ["--loops", "2"],
+    "wide": ["--d-model", "256"],
+    "regularised": ["--dropout", "0.1", "--ema", "0.999"],
+    "dense": ["--arch", "dense"],
 }
 console = Console(width=None if sys.stdout.isatty() else 160)
 
@@ -46,28 +58,37 @@ def main() -> None:
     parser.add_argument("--root", type=Path, default=Path("runs/recipes"))
     parser.add_argument("--seconds", type=float, default=7200, help="training step-time of every arm")
     parser.add_argument("--source", nargs="+", default=["arc1-train-nodev", "arc2-train-new"])
-    parser.add_argument("--arms", nargs="+", choices=list(ARMS), default=list(ARMS))
+    parser.add_argument("--arms", nargs="+", choices=list(ARMS), default=["base", "copies-8", "copies-32"])
+    parser.add_argument("--size", default="base", help="model preset (tiny: a smoke test)")
+    parser.add_argument("--limit", type=int, default=80, help="the first N dev tasks (80: all)")
+    parser.add_argument("--common", default="", help="train flags every arm gets, e.g. '--copies 8' (quote them)")
     args = parser.parse_args()
     args.root.mkdir(parents=True, exist_ok=True)
 
     tasks = {t.id: t for t in load_split(DEV)}
-    title = f"recipes at {args.seconds / 3600:g} h of training each on {' + '.join(args.source)}; all {len(tasks)} {DEV} tasks"
+    title = f"recipes at {args.seconds / 3600:g} h of training each on {' + '.join(args.source)}; {args.limit} {DEV} tasks"
     table = Table(title=title, box=None, pad_edge=False)
-    for name in ("arm", "flags", "steps", "train loss", "new colour: solved", "changed", "other: solved", "changed",
-                 "pass@2", "changed-cell", "tuned loss", "s/task"):  # fmt: skip
+    for name in ("arm", "flags", "params", "steps", "train loss", "new colour: solved", "changed", "other: solved",
+                 "changed", "pass@2", "pass@1", "changed-cell", "shape", "tuned loss", "s/task"):  # fmt: skip
         table.add_column(name, justify="left" if name in ("arm", "flags") else "right")
     for arm in args.arms:
         run = args.root / arm
-        train_pairs(run, args.seconds, args.source, ["--seed", "0", *ARMS[arm]], console)
-        eval_args = ["eval", "--split", DEV, "--workers", "2", "--checkpoint", str(run / "checkpoint"), "--out", str(run / "eval")]
+        flags = ["--seed", "0", *shlex.split(args.common), *ARMS[arm]]
+        train_pairs(run, args.seconds, args.source, flags, console, args.size)
+        eval_args = [
+            "eval", "--split", DEV, "--limit", str(args.limit), "--workers", "2", "--checkpoint", str(run / "checkpoint"),
+            "--out", str(run / "eval"),
+        ]  # fmt: skip
         onn_arc(eval_args, args.root / f"{arm}.eval.log", console)
         report = json.loads((run / "eval" / "report.json").read_text())
         (new_solved, new_changed), (other_solved, other_changed) = new_colour_split(report["tasks"], tasks)
         s, t = report["summary"], training_summary(run)
+        params = load_checkpoint(run / "checkpoint").model.num_params()
         table.add_row(
-            arm, " ".join(ARMS[arm]), str(t["steps"]), f"{t['train_loss']:.3f}", new_solved, number(new_changed),
-            other_solved, number(other_changed), number(s["pass_at_2"]), number(s["changed_cell_accuracy"]),
-            number(s.get("tuned_tf_loss")), f"{s['seconds_per_task']:.1f}",
+            arm, " ".join(ARMS[arm]), f"{params / 1e6:.2f}M", str(t["steps"]), f"{t['train_loss']:.3f}", new_solved,
+            number(new_changed), other_solved, number(other_changed), number(s["pass_at_2"]), number(s["pass_at_1"]),
+            number(s["changed_cell_accuracy"]), number(s["shape_correct"]), number(s.get("tuned_tf_loss")),
+            f"{s['seconds_per_task']:.1f}",
         )  # fmt: skip
         console.print(
             f"RESULT arm={arm} pass_at_2={s['pass_at_2']:.4f} solved={s['solved_tasks']} new_colour={new_solved} "

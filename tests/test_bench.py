@@ -70,3 +70,37 @@ def test_sparsity_quick_reports_every_variant():
     assert 0 <= float(r["inactive_mac_fraction"]) < 1
     assert 0 <= float(r["jaccard_same"]) <= 1 and 0 <= float(r["jaccard_other"]) <= 1
     assert r["size"] == "tiny" and r["format"] == "pairs" and float(r["seconds"]) > 0 and r["threads"] == "1"
+
+
+def test_new_colour_split_counts_solved_tasks_and_changed_cells_per_group():
+    sys.path.insert(0, str(BENCH))
+    from common import new_colour, new_colour_split  # bench/common.py
+
+    from onn_arc.data import Pair, Task
+
+    demo = (Pair(input=((1,),), output=((1,),)),)
+    fill = Task(id="fill", train=demo, test=(Pair(input=((0, 1),), output=((4, 1),)),))  # 4 is new
+    keep = Task(id="keep", train=demo, test=(Pair(input=((0, 1),), output=((1, 0),)),))
+    half = Task(id="half", train=demo, test=(Pair(input=((2,),), output=((3,),)), Pair(input=((2,),), output=((2,),))))
+    assert [new_colour(t) for t in (fill, keep, half)] == [True, False, True]
+    rows = [
+        {"task_id": "fill", "pass_at_2": 1.0, "changed_cell_accuracy": 1.0},
+        {"task_id": "keep", "pass_at_2": 0.0, "changed_cell_accuracy": 0.5},
+        {"task_id": "half", "pass_at_2": 0.5, "changed_cell_accuracy": None},
+    ]
+    tasks = {t.id: t for t in (fill, keep, half)}
+    assert new_colour_split(rows, tasks) == [("1.5/2", 1.0), ("0/1", 0.5)]
+
+
+@pytest.mark.slow
+def test_recipes_smoke_trains_scores_and_reports_each_arm(tmp_path):
+    proc = subprocess.run(
+        [sys.executable, str(BENCH / "recipes.py"), "--root", str(tmp_path), "--size", "tiny", "--seconds", "3",
+         "--limit", "2", "--arms", "base", "copies-8", "--source", str(BENCH.parent / "data")],
+        capture_output=True, text=True, timeout=600, check=False,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    lines = [dict(p.split("=", 1) for p in line.split()[1:]) for line in proc.stdout.splitlines() if line.startswith("RESULT ")]
+    assert [r["arm"] for r in lines] == ["base", "copies-8"]
+    assert all(0 <= float(r["pass_at_2"]) <= 1 and int(r["steps"]) > 0 for r in lines)
+    assert "onn-arc train" in proc.stdout and "--copies 8" in proc.stdout  # every command is printed

@@ -57,6 +57,9 @@ def changed(before: TrainConfig, after: TrainConfig) -> dict[str, Any]:
         (["--dropout", "0.1"], {"model.dropout": 0.1}),
         (["--weight-decay", "0.05"], {"optimizer.weight_decay": 0.05}),
         (["--ema", "0.999"], {"ema": 0.999}),
+        (["--copies", "8"], {"model.copies": 8}),
+        (["--colours", "inputs"], {"augment.colour_scope": "inputs"}),
+        (["--colours", "off"], {"augment.colours": False}),
     ],
 )
 def test_a_flag_changes_its_field_of_the_defaults_and_nothing_else(config_of, args, change):

@@ -6,7 +6,7 @@ import shlex
 import sys
 import tomllib
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 import torch
 import torch.distributed as dist
@@ -89,6 +89,7 @@ def train_command(
     kl_weight: Annotated[float | None, Opt(help="Weight of the KL loss (0: off).")] = None,
     gate_form: Annotated[str | None, Opt(help="Gate loss form: softmax (over units) or median (per unit: can move the firing level).")] = None,
     augment: Annotated[bool | None, Opt("--augment/--no-augment", help="Random dihedral, colour and demo-order transforms.")] = None,
+    colours: Annotated[Literal["all", "inputs", "off"] | None, Opt(help="Colour permutations of the augmentations: all (every colour but 0), inputs (a task's input colours among themselves: colours only outputs bring keep their meaning) or off.")] = None,
     checkpoint_every: Annotated[int | None, Opt(help="Steps between checkpoints.")] = None,
     seed: Annotated[int | None, Opt(help="Seed for init, data order, augmentations and sampling.")] = None,
     precision: Annotated[str | None, Opt(help="auto (bf16 autocast where the hardware runs it fast, else fp32), fp32 or bf16.")] = None,
@@ -128,6 +129,8 @@ def train_command(
     }  # fmt: skip
     if augment is not None:
         flags |= {f"augment.{k}": augment for k in ("dihedral", "colours", "shuffle")}
+    if colours is not None:
+        flags |= {"augment.colours": colours != "off"} | ({"augment.colour_scope": colours} if colours != "off" else {})
     if size is not None:  # the preset's shape; every other model setting (arch, format, ...) stays
         base["model"] |= ModelConfig.preset(size).model_dump(include=set(PRESETS[size]))
     for key, value in flags.items():
