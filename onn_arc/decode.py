@@ -13,6 +13,10 @@ no row end on an empty or short row, no 31st row, no end in the middle of a row)
 valid grid; probabilities are the model's own, never renormalised over the allowed tokens.
 
 - `greedy`: the most probable allowed token at every step.
+- `greedy_batch`: `greedy` for many prompts at once (a batched matrix product costs a CPU little more than one row):
+  the prompts are left-padded to the longest, one KV-cache row each (`TinyONN.forward`'s `attention_mask` hides the
+  padding), all rows take their next token together, and a row leaves the batch once its grid ends or its room runs
+  out. Each row decodes what `greedy` decodes from its prompt alone; `greedy` is the batch of one.
 - `dfs`: depth-first search over every continuation whose cumulative probability stays >= `min_prob`, most probable
   child first; backtracking crops the cache to the branching point. At most 1 / min_prob grids can qualify.
 
@@ -21,7 +25,9 @@ units that fired, averaged over the routed layers; 1.0 for the dense baseline) o
 chose it: the evidence `onn-arc solve --explain` draws.
 """
 
+import itertools
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -30,13 +36,14 @@ from torch import Tensor
 
 from onn_arc.data import Grid
 from onn_arc.model import KVCache, TinyONN
-from onn_arc.tokens import EOS, MAX_COORD, N_COLOURS, ROW, Sequence, decode_grid, next_position
+from onn_arc.tokens import EOS, MAX_COORD, N_COLOURS, PAD, ROW, Sequence, decode_grid, next_position
 
 END = EOS  # the token a candidate records for "the grid ends here"
 CHOICES = (*range(N_COLOURS), ROW, END)  # what the decoder can write next, in the order of `_choice_logprobs`
 GRID_TOKENS = MAX_COORD * (MAX_COORD + 1) + 1  # the longest grid: 30 rows of 30 cells and a row end, then its end
 
 Shape = tuple[int, int, int]  # a prefix's (finished rows, row width or 0 before the first row end, cells in this row)
+Choices = tuple[list[float], float]  # log-probabilities of CHOICES next, activation rate of the pass that gave them
 
 
 @dataclass(frozen=True)
@@ -87,45 +94,68 @@ class _Node:
 
 
 class _Decoder:
-    """The model and a KV cache holding the prompt plus the current branch's tokens."""
+    """The model and a KV cache holding prompts, left-padded to the longest, plus each row's current branch.
 
-    def __init__(self, model: TinyONN, prompt: Sequence):
+    Row b holds prompt `index[b]`; every row's branch has the same depth (one token per row per step)."""
+
+    def __init__(self, model: TinyONN, prompts: list[Sequence], max_tokens: int):
         self.model = model
         self.device = next(model.parameters()).device
-        self.start = len(prompt)
-        self.room = model.cfg.max_len - self.start + 1  # tokens that can be generated (the end is never fed back)
-        if self.room < 1:
-            raise ValueError(f"a prompt of {self.start} tokens fills the context max_len={model.cfg.max_len}")
-        self.cache: KVCache = model.new_cache()
+        self.lengths = [len(p) for p in prompts]
+        if max(self.lengths) > model.cfg.max_len:
+            raise ValueError(f"a prompt of {max(self.lengths)} tokens fills the context max_len={model.cfg.max_len}")
+        self.start = max(self.lengths)  # cache index of the first generated token, in every row
+        self.limits = [min(max_tokens, model.cfg.max_len - n + 1) for n in self.lengths]  # tokens a row may generate
+        self.index = list(range(len(prompts)))
+        capacity = self.start + max(self.limits) - 1  # a row's last token, the end, is never fed back
+        self.cache: KVCache = model.new_cache(capacity)
         self.layers = [layer for _, layer in model.routed_layers()]
-        self.task = torch.tensor([prompt.task], device=self.device)  # (1,)
-        arrays = (prompt.tokens, prompt.rows, prompt.cols, prompt.pos)
-        self.first = self._forward(*(torch.as_tensor(a, device=self.device)[None] for a in arrays))  # (1, P) each
+        self.task = torch.tensor([p.task for p in prompts], device=self.device)  # (B,)
+        arrays = np.zeros((4, len(prompts), self.start), np.int64)  # tokens, rows, cols, pos: (B, P) each
+        arrays[0] = PAD
+        for b, p in enumerate(prompts):
+            arrays[:, b, self.start - len(p) :] = p.tokens, p.rows, p.cols, p.pos
+        pad = self.start - np.array(self.lengths)[:, None]  # (B, 1) padding before each prompt
+        real = torch.as_tensor(np.arange(capacity) >= pad, device=self.device)  # (B, capacity) False on the padding
+        self.real = real if pad.any() else None
+        self.first = self._forward(*torch.as_tensor(arrays, device=self.device))  # (B, P) each
 
-    def _forward(self, tokens: Tensor, rows: Tensor, cols: Tensor, pos: Tensor) -> tuple[list[float], float]:
-        """Feed new tokens; (log-probabilities of CHOICES after the last one, its activation rate)."""
-        logits = self.model(tokens, rows, cols, pos, cache=self.cache, task=self.task)  # (1, T, V)
-        rate = torch.stack([layer.last_rate[0, -1] for layer in self.layers]).mean().item() if self.layers else 1.0
-        return _choice_logprobs(logits[0, -1]).tolist(), rate
+    def _forward(self, tokens: Tensor, rows: Tensor, cols: Tensor, pos: Tensor) -> list[Choices]:
+        """Feed new tokens (B, T); each row's choices after its last one."""
+        mask = None if self.real is None else self.real[:, : self.cache.length + tokens.shape[1]]  # (B, past + T)
+        logits = self.model(tokens, rows, cols, pos, cache=self.cache, task=self.task, attention_mask=mask)  # (B, T, V)
+        if self.layers:
+            rates = torch.stack([layer.last_rate[:, -1] for layer in self.layers]).mean(0).tolist()  # (B,)
+        else:
+            rates = [1.0] * len(tokens)
+        return list(zip(_choice_logprobs(logits[:, -1]).tolist(), rates))
 
-    def after(self, node: _Node) -> tuple[list[float], float]:
-        """Choices after `node`: the cache is cropped to its parent's branch, then its token is fed."""
-        generated = node.tokens()
-        self.cache.crop(self.start + len(generated) - 1)
-        new = (node.token, *next_position(self.model.cfg.format, self.start, generated[:-1]))
-        return self._forward(*(torch.tensor([[v]], device=self.device) for v in new))  # (1, 1) each
+    def after(self, nodes: list[_Node]) -> list[Choices]:
+        """Choices after each row's node: the cache is cropped to their parents' branches, then their tokens are fed."""
+        self.cache.crop(self.start + nodes[0].depth - 1)
+        fmt = self.model.cfg.format
+        new = [(n.token, *next_position(fmt, self.lengths[i], n.tokens()[:-1])) for i, n in zip(self.index, nodes)]
+        return self._forward(*torch.tensor(new, device=self.device).T[..., None])  # (B, 1) each
+
+    def keep(self, rows: list[int]) -> None:
+        """Drop every row but `rows` (positions in the current rows)."""
+        self.index = [self.index[b] for b in rows]
+        at = torch.tensor(rows, dtype=torch.long, device=self.device)
+        self.cache.keep(at)
+        self.task = self.task[at]
+        self.real = None if self.real is None else self.real[at]
 
 
 def _choice_logprobs(logits: Tensor) -> Tensor:
-    """(len(CHOICES),) log-probabilities of the colours, ROW, and the end (every other token) from logits (V,)."""
-    lp = logits.float().log_softmax(-1)  # (V,)
-    other = torch.ones_like(lp, dtype=torch.bool)
-    other[: N_COLOURS] = False
+    """(B, len(CHOICES)) log-probabilities of the colours, ROW, and the end (every other token) from logits (B, V)."""
+    lp = logits.float().log_softmax(-1)  # (B, V)
+    other = torch.ones(lp.shape[-1], dtype=torch.bool, device=lp.device)
+    other[:N_COLOURS] = False
     other[ROW] = False
-    return torch.cat([lp[:N_COLOURS], lp[ROW : ROW + 1], lp[other].logsumexp(0, keepdim=True)])
+    return torch.cat([lp[:, :N_COLOURS], lp[:, ROW : ROW + 1], lp[:, other].logsumexp(-1, keepdim=True)], -1)
 
 
-def _children(parent: _Node | None, choices: tuple[list[float], float]) -> list[_Node]:
+def _children(parent: _Node | None, choices: Choices) -> list[_Node]:
     """Every allowed next token after `parent` (None: the root), most probable first."""
     logprobs, rate = choices
     base, shape, depth = (0.0, (0, 0, 0), 0) if parent is None else (parent.logprob, parent.shape, parent.depth)
@@ -154,15 +184,36 @@ def _candidate(leaf: _Node) -> Candidate:
 def greedy(model: TinyONN, prompt: Sequence, max_tokens: int = GRID_TOKENS) -> list[Candidate]:
     """The most probable allowed token at each step: one candidate, or none if `max_tokens` (or the context)
     runs out first."""
+    return greedy_batch(model, [prompt], max_tokens)[0]
+
+
+def greedy_batch(
+    model: TinyONN,
+    prompts: list[Sequence],
+    max_tokens: int = GRID_TOKENS,
+    on_done: Callable[[int], None] | None = None,
+) -> list[list[Candidate]]:
+    """`greedy` of each prompt, decoded together; `on_done` gets each prompt's index as its decoding ends."""
+    found: list[list[Candidate]] = [[] for _ in prompts]
+    if not prompts:
+        return found
     with torch.inference_mode():
-        decoder = _Decoder(model, prompt)
-        limit = min(max_tokens, decoder.room)
-        node = _children(None, decoder.first)[0]
-        while node.token != END:
-            if node.depth >= limit:
-                return []
-            node = _children(node, decoder.after(node))[0]
-        return [_candidate(node)]
+        decoder = _Decoder(model, prompts, max_tokens)
+        nodes = [_children(None, choices)[0] for choices in decoder.first]  # each row's latest token
+        while nodes:
+            ended = [n.token == END or n.depth >= decoder.limits[i] for i, n in zip(decoder.index, nodes)]
+            for i, node in itertools.compress(zip(decoder.index, nodes), ended):
+                if node.token == END:
+                    found[i] = [_candidate(node)]
+                if on_done is not None:
+                    on_done(i)
+            if any(ended):
+                going = [b for b, end in enumerate(ended) if not end]
+                decoder.keep(going)
+                nodes = [nodes[b] for b in going]
+            if nodes:
+                nodes = [_children(n, choices)[0] for n, choices in zip(nodes, decoder.after(nodes))]
+    return found
 
 
 def dfs(
@@ -175,13 +226,12 @@ def dfs(
     floor = math.log(min_prob)
     found: list[Candidate] = []
     with torch.inference_mode():
-        decoder = _Decoder(model, prompt)
-        limit = min(max_tokens, decoder.room)
-        stack = [n for n in reversed(_children(None, decoder.first)) if n.logprob >= floor]
+        decoder = _Decoder(model, [prompt], max_tokens)
+        stack = [n for n in reversed(_children(None, decoder.first[0])) if n.logprob >= floor]
         while stack and len(found) < max_candidates:
             node = stack.pop()
             if node.token == END:
                 found.append(_candidate(node))
-            elif node.depth < limit:
-                stack += [n for n in reversed(_children(node, decoder.after(node))) if n.logprob >= floor]
+            elif node.depth < decoder.limits[0]:
+                stack += [n for n in reversed(_children(node, decoder.after([node])[0])) if n.logprob >= floor]
     return sorted(found, key=lambda c: -c.logprob)

@@ -34,8 +34,11 @@ Read bottom-up: SBL -> Linear -> Attention (DynSIHA) -> FFN (MoIE) -> Block -> T
   the model never saw (test-time training learns its code). Two switches exist for the format comparison only:
   `cfg.task_codes=False` (no code) and `cfg.planes=False` (the plane is withheld from the rotary: 2-D positions).
 - arch="dense" is the baseline: every SBL becomes a plain Linear, everything else stays.
-- KVCache is preallocated per loop and layer; crop(n) backtracks. Cached decoding computes exactly what the full forward
-  computes (same positions, same maths), one token at a time or in chunks.
+- KVCache is preallocated per loop and layer; crop(n) backtracks, keep(rows) drops finished sequences of a batch.
+  Cached decoding computes exactly what the full forward computes (same positions, same maths), one token at a time
+  or in chunks.
+- Positions are never implied by where a token sits, so a batch of sequences of different lengths can be left-padded:
+  `attention_mask` (B, past + T) marks the real tokens, and padding is seen by no token but itself.
 """
 
 import math
@@ -134,7 +137,7 @@ def linear_map(cfg: ModelConfig, d_in: int, d_out: int) -> SBL | Linear:
 
 class KVCache:
     """Keys and values of every attention slot (one per loop and layer) for the tokens seen so far, preallocated to
-    the model's max_len."""
+    the model's max_len (uninitialised: only what was stored is ever read)."""
 
     def __init__(self, n_slots: int, max_len: int):
         self.max_len = max_len
@@ -146,12 +149,20 @@ class KVCache:
         """Store one slot's keys/values (B, H, T, hd) of the new tokens; return all cached (B, H, length + T, hd)."""
         if self._k[slot] is None:
             b, h, _, hd = k.shape
-            self._k[slot], self._v[slot] = k.new_zeros(b, h, self.max_len, hd), v.new_zeros(b, h, self.max_len, hd)
+            self._k[slot], self._v[slot] = k.new_empty(b, h, self.max_len, hd), v.new_empty(b, h, self.max_len, hd)
         cache_k, cache_v = self._k[slot], self._v[slot]
         end = self.length + k.shape[2]
         cache_k[:, :, self.length : end] = k
         cache_v[:, :, self.length : end] = v
         return cache_k[:, :, :end], cache_v[:, :, :end]
+
+    def keep(self, rows: Tensor) -> None:
+        """Keep only these batch rows (B',) of every slot, in this order."""
+        for store in (self._k, self._v):
+            for slot, old in enumerate(store):
+                if old is not None:
+                    store[slot] = old.new_empty(len(rows), *old.shape[1:])
+                    store[slot][:, :, : self.length] = old[rows, :, : self.length]
 
     def advance(self, n: int) -> None:
         """Count n new tokens as cached (after every slot stored them)."""
@@ -197,6 +208,20 @@ def rotate(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
     return torch.cat([x1 * cos - x2 * sin, x1 * sin + x2 * cos], dim=-1)
 
 
+def causal_mask(t: int, past: int, real: Tensor | None, device: torch.device) -> Tensor | None:
+    """Which keys (the `past` cached tokens, then the T new ones) each new token attends to: the real tokens up to
+    itself; padding (`real` (B, past + T) False) is seen by no token but itself, so no row of the softmax is empty.
+    (T, past + T) or, with `real`, (B, 1, T, past + T) bool; None where SDPA needs no mask (a single new token sees
+    every cached one) or its own causal mask is exact (nothing cached)."""
+    if real is None and (t == 1 or not past):
+        return None
+    new = torch.arange(past, past + t, device=device)[:, None]  # (T, 1) index of each new token
+    keys = torch.arange(past + t, device=device)  # (past + T,)
+    if real is None:
+        return new >= keys
+    return ((new >= keys) & real[:, None] | (new == keys))[:, None]  # (B, 1, T, past + T)
+
+
 class Attention(nn.Module):
     """DynSIHA: one map emits Q, K, V; causal scaled-dot-product attention; one output map."""
 
@@ -206,19 +231,17 @@ class Attention(nn.Module):
         self.qkv = linear_map(cfg, cfg.d_model, 3 * cfg.d_model)
         self.out = linear_map(cfg, cfg.d_model, cfg.d_model)
 
-    def forward(self, x: Tensor, rope: tuple[Tensor, Tensor], cache: KVCache | None, loop: int = 0) -> Tensor:
+    def forward(
+        self, x: Tensor, rope: tuple[Tensor, Tensor], mask: Tensor | None, cache: KVCache | None, loop: int = 0
+    ) -> Tensor:  # fmt: skip
+        """`mask`: `causal_mask`'s; None means causal attention over the new tokens and everything cached."""
         b, t, d = x.shape
         q, k, v = self.qkv(x, loop).view(b, t, 3, self.n_heads, self.head_dim).unbind(2)  # (B, T, H, hd) each
         q, k = rotate(q, *rope), rotate(k, *rope)
         q, k, v = (u.transpose(1, 2) for u in (q, k, v))  # (B, H, T, hd)
-        past = 0
         if cache is not None:
-            past = cache.length
             k, v = cache.update(loop * self.n_layers + self.index, k, v)  # (B, H, past + T, hd)
-        mask = None
-        if past and t > 1:  # new token i sees every cached token and new tokens 0..i
-            mask = torch.arange(past, past + t, device=x.device)[:, None] >= torch.arange(past + t, device=x.device)
-        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=not past and t > 1)  # (B, H, T, hd)
+        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=mask is None and t > 1)  # (B, H, T, hd)
         return self.out(y.transpose(1, 2).reshape(b, t, d), loop)  # (B, T, D)
 
 
@@ -243,8 +266,10 @@ class Block(nn.Module):
         self.ffn_norm, self.ffn = nn.RMSNorm(cfg.d_model), FFN(cfg)
         self.drop = nn.Dropout(cfg.dropout)
 
-    def forward(self, x: Tensor, rope: tuple[Tensor, Tensor], cache: KVCache | None, loop: int = 0) -> Tensor:
-        x = x + self.drop(self.attn(self.attn_norm(x), rope, cache, loop))
+    def forward(
+        self, x: Tensor, rope: tuple[Tensor, Tensor], mask: Tensor | None, cache: KVCache | None, loop: int = 0
+    ) -> Tensor:  # fmt: skip
+        x = x + self.drop(self.attn(self.attn_norm(x), rope, mask, cache, loop))
         return x + self.drop(self.ffn(self.ffn_norm(x), loop))
 
 
@@ -271,20 +296,23 @@ class TinyONN(nn.Module):
         self.norm = nn.RMSNorm(d)
         self.head = nn.Linear(d, cfg.vocab_size, bias=False)
 
-    def new_cache(self) -> KVCache:
-        return KVCache(self.cfg.loops * self.cfg.n_layers, self.cfg.max_len)
+    def new_cache(self, max_len: int | None = None) -> KVCache:
+        """A cache for the context (`max_len` tokens: a left-padded batch also holds its padding)."""
+        return KVCache(self.cfg.loops * self.cfg.n_layers, max_len or self.cfg.max_len)
 
     def forward(
         self, tokens: Tensor, rows: Tensor, cols: Tensor, pos: Tensor, cache: KVCache | None = None,
-        task: Tensor | None = None,
+        task: Tensor | None = None, attention_mask: Tensor | None = None,
     ) -> Tensor:  # fmt: skip
         """Logits (B, T, V) for inputs (B, T); `pos` is the third coordinate (sequence index or plane, `tokens.py`)
         and `task` (B,) the task-code index of each sequence (pairs format; ignored in the context format). With a
-        cache, the new tokens attend to the cached ones and join them."""
+        cache, the new tokens attend to the cached ones and join them. `attention_mask` (B, past + T) bool: False
+        at the padding of a left-padded batch, cached or new (None: no padding)."""
         t = tokens.shape[1]
         past = 0 if cache is None else cache.length
-        if past + t > self.cfg.max_len:
-            raise ValueError(f"{past} cached + {t} new tokens exceed the context max_len={self.cfg.max_len}")
+        max_len = self.cfg.max_len if cache is None else cache.max_len
+        if past + t > max_len:
+            raise ValueError(f"{past} cached + {t} new tokens exceed the context max_len={max_len}")
         x = self.tok_emb(tokens) + self.row_emb(rows) + self.col_emb(cols)  # (B, T, D)
         if self.has_codes:
             if task is None:
@@ -292,9 +320,10 @@ class TinyONN(nn.Module):
             x = x + self.task_codes(task)[:, None]  # (B, 1, D) broadcast over the sequence
         x = self.drop(x)
         rope = self.rotary(pos if self.cfg.planes else torch.zeros_like(pos), rows, cols)
+        mask = causal_mask(t, past, attention_mask, x.device)
         for loop in range(self.cfg.loops):
             for block in self.blocks:
-                x = block(x, rope, cache, loop)
+                x = block(x, rope, mask, cache, loop)
         if cache is not None:
             cache.advance(t)
         return self.head(self.norm(x))  # (B, T, V)

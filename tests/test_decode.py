@@ -101,6 +101,64 @@ def test_greedy_over_the_cache_equals_argmax_over_full_forward_passes(seed, arch
     assert np.all(found.activation == 1.0) if arch == "dense" else np.all((found.activation > 0) & (found.activation < 1))
 
 
+def prompts_of_several_lengths(fmt: str) -> list[Sequence]:
+    """Test inputs of four sizes as prompts (the first twice), in the pair format under both task codes."""
+    inputs = [((4, 5),), ((1,), (2,), (3,)), ((0, 1, 2), (3, 4, 5)), ((4, 5),), ((7, 7, 8, 8, 9, 6, 5),)]
+    if fmt == "pairs":
+        return [encode_pair(Pair(input=g), task=i % 2, answer=False) for i, g in enumerate(inputs)]
+    return [encode_task(TASK.model_copy(update={"test": (Pair(input=g),)}), answer=False) for g in inputs]
+
+
+def assert_same_candidates(batched: list[decode.Candidate], alone: list[decode.Candidate]) -> None:
+    assert len(batched) == len(alone)
+    for b, a in zip(batched, alone):
+        assert (b.tokens, b.grid) == (a.tokens, a.grid)
+        assert b.logprob == pytest.approx(a.logprob, abs=1e-4)
+        np.testing.assert_allclose(b.confidence, a.confidence, rtol=1e-4)
+        np.testing.assert_allclose(b.activation, a.activation, rtol=1e-5)
+
+
+@pytest.mark.parametrize("loops", [1, 2])
+@pytest.mark.parametrize("fmt", ["context", "pairs"])
+@pytest.mark.parametrize("arch", ["onn", "dense"])
+@pytest.mark.parametrize("seed", [1, 3])
+def test_greedy_batch_decodes_each_prompt_as_greedy_does_alone(seed, arch, fmt, loops):
+    """Prompts of different lengths (left-padded) and a token budget that cuts the longer grids; SBL activation rates
+    stay per row. The pair-format models here write grids of several lengths, so rows leave the batch at different
+    steps and some run out of budget while others go on (the context-format ones write one grid for every prompt
+    here: the next test cuts their rows at different steps)."""
+    model = peaky_model(seed, arch, fmt, loops)
+    prompts = prompts_of_several_lengths(fmt)
+    assert len({len(p) for p in prompts}) > 2
+    alone = [decode.greedy(model, p) for p in prompts]
+    done = []
+    batched = decode.greedy_batch(model, prompts, on_done=done.append)
+    assert sorted(done) == list(range(len(prompts)))
+    for b, a in zip(batched, alone, strict=True):
+        assert_same_candidates(b, a)
+    budget = min(len(c.tokens) for found in alone for c in found)  # the shortest grids just fit
+    cut = decode.greedy_batch(model, prompts, max_tokens=budget)
+    for b, p in zip(cut, prompts, strict=True):
+        assert_same_candidates(b, decode.greedy(model, p, max_tokens=budget))
+    if fmt == "pairs":
+        assert len({len(c.tokens) for found in alone for c in found}) > 1 and [] in cut and any(cut)
+
+
+@pytest.mark.parametrize("fmt,extra", [("context", 2), ("pairs", 4)])
+def test_greedy_batch_stops_each_row_where_its_context_ends(fmt, extra):
+    """A context that ends `extra` tokens after the longest prompt: the shorter prompts have more room, so some rows
+    run out of context while others finish their grids."""
+    model = peaky_model(1, fmt=fmt)
+    prompts = prompts_of_several_lengths(fmt)
+    small = TinyONN(model.cfg.model_copy(update={"max_len": max(map(len, prompts)) + extra})).eval()
+    small.load_state_dict(model.state_dict())
+    batched = decode.greedy_batch(small, prompts)
+    assert [] in batched and any(batched)
+    for b, p in zip(batched, prompts, strict=True):
+        assert_same_candidates(b, decode.greedy(small, p))
+        assert all(len(c.tokens) <= small.cfg.max_len - len(p) + 1 for c in b)
+
+
 def all_grid_sequences(max_tokens: int) -> list[list[int]]:
     """Every token sequence of at most `max_tokens` (END included) that writes a valid grid."""
     found = []

@@ -155,6 +155,34 @@ def test_cached_decoding_matches_full_forward_in_the_pair_format(arch, loops):
         torch.testing.assert_close(refed, full[:, 20:], rtol=0, atol=1e-5)
 
 
+@pytest.mark.parametrize("arch,loops", [("onn", 1), ("dense", 1), ("onn", 2)])
+def test_left_padding_under_the_attention_mask_changes_no_real_position(arch, loops):
+    """Two pairs (28 and 116 tokens) left-padded into one batch: with `attention_mask` each real position's logits
+    are those of its pair alone, in a full forward and over the cache (a chunk, then one token at a time); dropping
+    a row from the cache (`keep`) leaves the other's."""
+    model = TinyONN(ModelConfig.preset("tiny", arch=arch, loops=loops, **PAIRS)).eval()
+    b = pair_batch()  # right-padded
+    lengths = [28, 116]
+    pad = [max(lengths) - n for n in lengths]
+    left = [torch.stack([x[i].roll(p) for i, p in enumerate(pad)]) for x in (b.tokens, b.rows, b.cols, b.pos)]
+    real = torch.arange(max(lengths)) >= torch.tensor(pad)[:, None]  # (2, T)
+    with torch.no_grad():
+        alone = [model(*(x[i : i + 1, :n] for x in (b.tokens, b.rows, b.cols, b.pos)), task=b.task[i : i + 1])[0]
+                 for i, n in enumerate(lengths)]  # fmt: skip
+        full = model(*left, task=b.task, attention_mask=real)  # (2, T, V)
+        cache = model.new_cache()
+        chunks = [model(*(x[:, :100] for x in left), cache, b.task, real[:, :100])]
+        for t in range(100, max(lengths) - 1):
+            chunks.append(model(*(x[:, t : t + 1] for x in left), cache, b.task, real[:, : t + 1]))
+        cached = torch.cat(chunks, dim=1)  # (2, T - 1, V)
+        cache.keep(torch.tensor([1]))
+        last = model(*(x[1:, -1:] for x in left), cache, b.task[1:], real[1:])  # (1, 1, V)
+    for i, p in enumerate(pad):
+        torch.testing.assert_close(full[i, p:], alone[i], rtol=0, atol=1e-5)
+        torch.testing.assert_close(cached[i, p:], alone[i][:-1], rtol=0, atol=1e-5)
+    torch.testing.assert_close(last[0], alone[1][-1:], rtol=0, atol=1e-5)
+
+
 def test_task_code_conditions_every_token_and_positions_are_relative():
     model = TinyONN(ModelConfig.preset("tiny", **PAIRS)).eval()
     b = pair_batch()
