@@ -1,6 +1,7 @@
 """Solving speed and accuracy: pass@2 with and without test-time training on a fixed set of ARC-AGI-1 evaluation tasks.
 
     python bench/solve.py [--checkpoint DIR] [--threads 2] [--precision auto]        (make bench-solve)
+    python bench/solve.py --decode [--checkpoint DIR] [--threads 1]                  (greedy decoding speed only)
 
 Tasks: 10 of the 144 ARC-AGI-1 evaluation tasks whose every test pair encodes in <= 1024 tokens, drawn with
 `numpy.random.default_rng(0)` and kept in split order:
@@ -17,12 +18,17 @@ with Gauss-Newton took 1.4 s (1 thread), and cached greedy decoding ~5 ms per to
 6 views cost 6 × 5 ms per output token: ~7 s for a typical 15×15 output, ~28 s for a 30×30 one (931 tokens).
 A task takes ~50 s typically and stays under ~105 s with two 30×30 test outputs. `sec_per_task` is the measured
 mean with test-time training. (With two torch threads on a core another process also uses, a step took 3.4 s:
-thread oversubscription; on a busy machine pass --threads 1.)
+thread oversubscription; on a busy machine pass --threads 1.) Those decoding costs are for one prompt at a time;
+solving now decodes all views × test inputs of a task together (`decode.greedy_batch`), which `--decode` measures:
+greedy decoding tokens/s of 1, 16 and 32 prompts (the test inputs of the first arc1-dev tasks whose test outputs have
+at most DECODE_TOKENS tokens, in DECODE_VIEWS views each under a fresh code, as solving makes them), one by one
+(`decode.greedy`) and together, interleaved, best of DECODE_ROUNDS; both must decode the same grids.
 Ends with one `RESULT key=value ...` line.
 """
 
 import argparse
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -30,20 +36,26 @@ import torch
 from rich.console import Console
 from rich.table import Table
 
+from onn_arc import decode, solve
 from onn_arc.checkpoint import default_checkpoint, load_checkpoint
 from onn_arc.config import SolveConfig
 from onn_arc.data import Task, load_split
 from onn_arc.errors import OnnArcError
 from onn_arc.evaluate import run_task
+from onn_arc.model import TinyONN
 from onn_arc.precision import resolve
 from onn_arc.scoring import Scorer
-from onn_arc.tokens import encode_task
+from onn_arc.tokens import Sequence, encode_task, grid_length
 
 TASK_IDS = (
     "0692e18c", "0c786b71", "12eac192", "310f3251", "4852f2fa", "506d28a5", "770cc55f", "9a4bb226", "cfb2ce5a", "d2acf2cb",
 )  # fmt: skip
 MAX_TOKENS = 1024  # "small": every test pair's full encoding fits in this many tokens
 SEED = 0
+DECODE_ROWS = (1, 16, 32)  # --decode: prompts decoded one by one vs together
+DECODE_TOKENS = 120  # --decode: dev tasks whose every test output is at most this long (keeps the bench short)
+DECODE_VIEWS = 4  # --decode: views per task
+DECODE_ROUNDS = 2  # --decode: interleaved rounds, the fastest counts
 
 
 def bench_tasks() -> list[Task]:
@@ -54,11 +66,64 @@ def bench_tasks() -> list[Task]:
     return chosen
 
 
+def decode_prompts(model: TinyONN, n: int) -> tuple[TinyONN, list[Sequence]]:
+    """The model with fresh codes for the tasks used and `n` prompts, as the module docstring says."""
+    prompts: list[Sequence] = []
+    for task in load_split("arc1-dev"):
+        if len(prompts) >= n:
+            break
+        if any(grid_length(p.output) > DECODE_TOKENS for p in task.test):
+            continue
+        model = solve.with_task_code(model, task, "mean")
+        for view in solve.choose_views(task, DECODE_VIEWS, SEED, SolveConfig().augment):
+            prompts += [solve.decode_prompt(model, view.apply(task), i) for i in range(len(task.test))]
+    return model, prompts[:n]
+
+
+def decode_speed(model: TinyONN, threads: int) -> None:
+    """Greedy decoding tokens/s, one by one vs together (module docstring); a table and the RESULT line."""
+    model, prompts = decode_prompts(model, max(DECODE_ROWS))
+    decoders = {
+        "one by one": lambda ps: [decode.greedy(model, p) for p in ps],
+        "together": lambda ps: decode.greedy_batch(model, ps),
+    }
+    decoders["together"](prompts[:2])  # warm-up
+    seconds: dict[tuple[str, int], float] = {}
+    tokens: dict[int, int] = {}
+    for _ in range(DECODE_ROUNDS):
+        for n in DECODE_ROWS:
+            found = {}
+            for name, run in decoders.items():
+                start = time.perf_counter()
+                found[name] = run(prompts[:n])
+                seconds[name, n] = min(seconds.get((name, n), float("inf")), time.perf_counter() - start)
+            grids = {name: [[c.tokens for c in f] for f in fs] for name, fs in found.items()}
+            assert grids["one by one"] == grids["together"], f"{n} prompts: together decoded other grids"
+            tokens[n] = sum(len(f[0].tokens) if f else decode.GRID_TOKENS for f in found["together"])  # none: ran out
+    title = f"greedy decoding, {model.cfg.format} model, {threads} thread(s): tokens/s, best of {DECODE_ROUNDS}"
+    table = Table(title=title)
+    for name in ("prompts", "tokens", "one by one", "together", "speed-up"):
+        table.add_column(name, justify="right")
+    for n in DECODE_ROWS:
+        rate = {name: tokens[n] / seconds[name, n] for name in decoders}
+        table.add_row(str(n), str(tokens[n]), f"{rate['one by one']:,.0f}", f"{rate['together']:,.0f}",
+                      f"{rate['together'] / rate['one by one']:.2f}x")  # fmt: skip
+    Console().print(table)
+    result = {}
+    for n in DECODE_ROWS:
+        result[f"tok_s_seq_{n}"] = round(tokens[n] / seconds["one by one", n], 1)
+        result[f"tok_s_batch_{n}"] = round(tokens[n] / seconds["together", n], 1)
+        result[f"speedup_{n}"] = round(seconds["one by one", n] / seconds["together", n], 2)
+    result |= {"prompts": len(prompts), "tokens": tokens[max(DECODE_ROWS)], "threads": threads}
+    print("RESULT " + " ".join(f"{k}={v}" for k, v in result.items()))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--checkpoint", type=Path, default=None, help="checkpoint folder (default: the shipped one)")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16"], help="test-time training")
+    parser.add_argument("--decode", action="store_true", help="measure greedy decoding speed only (see above)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     console = Console(stderr=True)
@@ -66,6 +131,9 @@ def main() -> None:
         loaded = load_checkpoint(args.checkpoint or default_checkpoint())
     except OnnArcError as e:
         sys.exit(f"error: {e}")
+    if args.decode:
+        decode_speed(loaded.model, args.threads)
+        return
     tasks = bench_tasks()
     modes = {"ttt": SolveConfig(precision=args.precision), "no_ttt": SolveConfig(ttt_steps=0, precision=args.precision)}
     scorers = {mode: Scorer() for mode in modes}

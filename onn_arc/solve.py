@@ -6,7 +6,9 @@
    `cfg.precision`.
 2. `views` augmented copies of the task are decoded in fp32 (view 0 is the task as given, the others random
    whole-task augmentations; one token at a time bf16 autocast is slower, bench/model.py). Each test input's prompt
-   leaves room for an output as large as the largest grid in the task.
+   leaves room for an output as large as the largest grid in the task. The greedy sampler decodes every view's
+   prompts together (`decode.greedy_batch`, up to BATCH_ROWS at a time: several times the tokens/s of one by one on
+   a CPU, bench/solve.py); dfs searches one prompt at a time.
 3. Every candidate grid is mapped back through its view's inverse; distinct grids are ranked by the number of views
    that produced them, then by their log-probability summed over those views, except that a grid equal to the test
    input ranks last (an ARC output almost never equals its input: the copy is the fallback, not an answer; on the
@@ -27,6 +29,7 @@ budget; a wall-clock budget stops wherever the time runs out).
 """
 
 import copy
+import itertools
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -48,6 +51,7 @@ from onn_arc.train import (
 )  # fmt: skip
 
 PAIR_OPTIONS = ("ttt_params", "task_code_init")  # SolveConfig fields that only the pair format uses
+BATCH_ROWS = 32  # prompts greedy decodes together at most (a row's KV cache: ~8 MB for the base preset, pairs)
 Progress = Callable[[str, int, int], None]  # (stage, done, total): "ttt" steps, then "decode" view × test prompts
 
 
@@ -302,12 +306,30 @@ def decode_prompt(model: TinyONN, task: Task, test_index: int, code: int | None 
     return prompt(task, test_index, model.cfg.max_len)
 
 
-def decode_view(model: TinyONN, task: Task, test_index: int, cfg: SolveConfig, code: int) -> list[decode.Candidate]:
-    """Candidates for one test input of a (possibly augmented) task, in that task's orientation, under `code`."""
-    seq = decode_prompt(model, task, test_index, code)
+def decode_views(
+    model: TinyONN, seen: list[tuple[Task, int]], cfg: SolveConfig, on_progress: Progress | None = None
+) -> list[list[list[decode.Candidate]]]:  # fmt: skip
+    """Candidates [view][test] for every test input of each view's (possibly augmented) task under its code (`seen`:
+    (task, code) per view), in that task's orientation: greedy decodes the prompts in batches of BATCH_ROWS, dfs one
+    by one. `on_progress("decode", done, total)` counts the prompts decoded."""
+    prompts = [decode_prompt(model, task, i, code) for task, code in seen for i in range(len(task.test))]
+    decoded = itertools.count(1)
+
+    def tick(_: int) -> None:
+        done = next(decoded)
+        if on_progress is not None:
+            on_progress("decode", done, len(prompts))
+
+    found: list[list[decode.Candidate]] = []
     if cfg.sampler == "dfs":
-        return decode.dfs(model, seq, cfg.min_prob, cfg.max_candidates)
-    return decode.greedy(model, seq)
+        for i, seq in enumerate(prompts):
+            found.append(decode.dfs(model, seq, cfg.min_prob, cfg.max_candidates))
+            tick(i)
+    else:
+        for start in range(0, len(prompts), BATCH_ROWS):
+            found += decode.greedy_batch(model, prompts[start : start + BATCH_ROWS], on_done=tick)
+    each = iter(found)
+    return [[next(each) for _ in task.test] for task, _ in seen]
 
 
 def solve_task(
@@ -326,15 +348,9 @@ def solve_task(
     tuned, steps, seconds, loss = fine_tune(model, task, cfg, on_progress, views)
     if on_tuned is not None:
         on_tuned(tuned)
-    found: list[list[list[decode.Candidate]]] = [[] for _ in task.test]  # [test][view] -> candidates
-    total = len(views) * len(task.test)
-    for v, view in enumerate(views):
-        seen, code = view.apply(task), code_of(tuned, task, view)
-        for i in range(len(task.test)):
-            found[i].append(decode_view(tuned, seen, i, cfg, code))
-            if on_progress is not None:
-                on_progress("decode", v * len(task.test) + i + 1, total)
-    tests = tuple(vote(views, per_view, pair.input) for per_view, pair in zip(found, task.test, strict=True))
+    seen = [(view.apply(task), code_of(tuned, task, view)) for view in views]
+    found = decode_views(tuned, seen, cfg, on_progress)  # [view][test] -> candidates
+    tests = tuple(vote(views, [f[i] for f in found], pair.input) for i, pair in enumerate(task.test))
     return Solution(task.id, tests, tuple(views), steps, seconds, loss)
 
 

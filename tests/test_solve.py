@@ -2,6 +2,7 @@
 and a tiny model trained here solving a learnable task end to end."""
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -42,6 +43,15 @@ def stub_task(n_train: int = 3) -> Task:
 def candidate(grid, logprob: float, confidence: np.ndarray | None = None) -> Candidate:
     conf = np.full(np.shape(grid), 0.5) if confidence is None else confidence
     return Candidate(tokens=(), grid=grid, logprob=logprob, confidence=conf, activation=conf / 2)
+
+
+def per_prompt(decode_one: Callable[[Task, int, int], list[Candidate]]):
+    """A `solve.decode_views` stub that answers each (view's task, test index, code) with `decode_one`, in order."""
+
+    def stub(model, seen: list[tuple[Task, int]], cfg: SolveConfig, on_progress=None) -> list[list[list[Candidate]]]:
+        return [[decode_one(task, i, code) for i in range(len(task.test))] for task, code in seen]
+
+    return stub
 
 
 def test_vote_ranks_by_views_then_logprob_after_mapping_back():
@@ -113,13 +123,13 @@ def test_solve_task_maps_every_view_back_before_voting(monkeypatch):
     grid in view 1; after inversion the truth must be attempt 1 with 3 votes."""
     calls = []
 
-    def stub(model, seen: Task, test_index: int, cfg: SolveConfig, code: int) -> list[Candidate]:
+    def stub(seen: Task, test_index: int, code: int) -> list[Candidate]:
         calls.append(seen)
         view = len(calls) - 1
         truth = seen.test[test_index].output  # the truth as this view sees it
         return [candidate(WRONG, -0.01)] if view == 1 else [candidate(truth, -1.0)]
 
-    monkeypatch.setattr(solve, "decode_view", stub)
+    monkeypatch.setattr(solve, "decode_views", per_prompt(stub))
     solution = solve.solve_task(tiny_model(), stub_task(), SolveConfig(ttt_steps=0, views=4, seed=1))
     (answer,) = solution.tests
     assert answer.attempts[0] == TRUTH and answer.candidates[0].votes == 3
@@ -230,11 +240,11 @@ def test_a_model_with_codes_per_copy_solves_each_view_as_a_copy_with_its_own_cod
     assert all(ex.pair in task.train for ex in pool)
     decoded = []
 
-    def stub(model, seen: Task, test_index: int, cfg: SolveConfig, code: int) -> list[Candidate]:
+    def stub(seen: Task, test_index: int, code: int) -> list[Candidate]:
         decoded.append((seen, code))
         return [candidate(seen.test[test_index].output, -1.0)]
 
-    monkeypatch.setattr(solve, "decode_view", stub)
+    monkeypatch.setattr(solve, "decode_views", per_prompt(stub))
     solution = solve.solve_task(model, task, FAST.model_copy(update={"views": 3}))
     assert [seen for seen, _ in decoded] == [v.apply(task) for v in views] and [c for _, c in decoded] == [2, 3, 4]
     assert solution.tests[0].attempts[0] == TRUTH and solution.tests[0].candidates[0].votes == 3
@@ -252,13 +262,34 @@ def test_decoding_under_a_views_code_conditions_on_that_code():
     assert code == 3
     seq = solve.decode_prompt(model, seen, 0, code)
     assert seq.task == code and seq.tokens.tolist() == encode_pair(Pair(input=seen.test[0].input), code, answer=False).tokens.tolist()
-    (found,) = solve.decode_view(model, seen, 0, FAST, code)
+    [[(found,)]] = solve.decode_views(model, [(seen, code)], FAST)
     greedy = decode.greedy(model, seq)[0]
     assert (found.tokens, found.logprob) == (greedy.tokens, greedy.logprob)
     with torch.no_grad():
         model.task_codes.weight[3].normal_(0, 30)  # the copy's code changed
-    (other,) = solve.decode_view(model, seen, 0, FAST, code)
+    [[(other,)]] = solve.decode_views(model, [(seen, code)], FAST)
     assert other.logprob != found.logprob
+
+
+@pytest.mark.parametrize("sampler", ["greedy", "dfs"])
+def test_decode_views_decodes_every_views_tests_and_counts_them(sampler, monkeypatch):
+    """Two tests in three views under three codes: greedy decodes them in batches (of 4 here: 4 + 2 prompts), dfs one
+    by one; either way [view][test] holds what decoding that prompt alone gives, and progress counts every prompt."""
+    monkeypatch.setattr(solve, "BATCH_ROWS", 4)
+    task = load_task_file(DATA / "25ff71a9.json")
+    model, views = pair_model(copies=3), copies_of(task, 3, AugmentConfig())
+    model = solve.with_task_code(model, task, "mean", views)
+    seen = [(v.apply(task), solve.code_of(model, task, v)) for v in views]
+    cfg = FAST.model_copy(update={"sampler": sampler, "min_prob": 0.05})
+    progress = []
+    found = solve.decode_views(model, seen, cfg, lambda *args: progress.append(args))
+    assert progress == [("decode", k, 6) for k in range(1, 7)]
+    for (view, code), per_test in zip(seen, found, strict=True):
+        for i, candidates in enumerate(per_test):
+            seq = solve.decode_prompt(model, view, i, code)
+            alone = decode.dfs(model, seq, 0.05, cfg.max_candidates) if sampler == "dfs" else decode.greedy(model, seq)
+            assert [c.tokens for c in candidates] == [c.tokens for c in alone]
+            assert [c.logprob for c in candidates] == pytest.approx([c.logprob for c in alone], abs=1e-4)
 
 
 def test_code_only_test_time_training_changes_the_code_alone():
@@ -365,7 +396,7 @@ def test_cli_solve_fine_tunes_with_muon(checkpoint):
 
 
 def test_cli_solve_marks_a_right_attempt(checkpoint, monkeypatch):
-    monkeypatch.setattr(solve, "decode_view", lambda model, seen, i, cfg, code: [candidate(seen.test[i].output, -0.1)])
+    monkeypatch.setattr(solve, "decode_views", per_prompt(lambda seen, i, code: [candidate(seen.test[i].output, -0.1)]))
     result = run_cli(str(DATA / "6150a2bd.json"), "-c", str(checkpoint), "--ttt-steps", "0")
     assert result.exit_code == 0, result.output
     assert "attempt 1 ✓ exact" in result.stdout and "solved ✓" in result.stdout
@@ -399,7 +430,7 @@ def test_cli_solve_warns_about_leakage_and_fails_in_one_line(checkpoint, tmp_pat
 # ---------------------------------------------------------------- `onn-arc solve` on several tasks
 
 
-def truth_decoder(model, seen: Task, i: int, cfg: SolveConfig, code: int) -> list[Candidate]:
+def truth_decoder(seen: Task, i: int, code: int) -> list[Candidate]:
     """A stub decoder that finds the true output where the task has one, and nothing otherwise."""
     return [] if seen.test[i].output is None else [candidate(seen.test[i].output, -0.1)]
 
@@ -417,7 +448,7 @@ def folder(tmp_path) -> Path:
 
 
 def test_cli_solve_a_folder_writes_every_task_with_two_grids(checkpoint, folder, tmp_path, monkeypatch):
-    monkeypatch.setattr(solve, "decode_view", truth_decoder)
+    monkeypatch.setattr(solve, "decode_views", per_prompt(truth_decoder))
     out = tmp_path / "submission.json"
     result = run_cli(str(folder), "-c", str(checkpoint), "--ttt-steps", "0", "--views", "2", "--out", str(out))
     assert result.exit_code == 0, result.output
