@@ -147,12 +147,12 @@ class _Decoder:
 
 
 def _choice_logprobs(logits: Tensor) -> Tensor:
-    """(B, len(CHOICES)) log-probabilities of the colours, ROW, and the end (every other token) from logits (B, V)."""
-    lp = logits.float().log_softmax(-1)  # (B, V)
+    """(..., len(CHOICES)) log-probabilities of the colours, ROW, and the end (every other token) from logits (..., V)."""
+    lp = logits.float().log_softmax(-1)  # (..., V)
     other = torch.ones(lp.shape[-1], dtype=torch.bool, device=lp.device)
     other[:N_COLOURS] = False
     other[ROW] = False
-    return torch.cat([lp[:, :N_COLOURS], lp[:, ROW : ROW + 1], lp[:, other].logsumexp(-1, keepdim=True)], -1)
+    return torch.cat([lp[..., :N_COLOURS], lp[..., ROW : ROW + 1], lp[..., other].logsumexp(-1, keepdim=True)], -1)
 
 
 def _children(parent: _Node | None, choices: Choices) -> list[_Node]:
