@@ -14,7 +14,7 @@ import onn_arc.cli.solve  # noqa: F401  (registers the command)
 from onn_arc import decode, solve
 from onn_arc.checkpoint import TrainingData, save_checkpoint
 from onn_arc.cli.app import app
-from onn_arc.augment import Augmentation, dihedral_map
+from onn_arc.augment import Augmentation, dihedral_map, input_colours
 from onn_arc.config import AugmentConfig, LossConfig, ModelConfig, OptimizerConfig, SolveConfig, TrainConfig
 from onn_arc.data import Pair, Task, load_source, load_task_file
 from onn_arc.decode import Candidate
@@ -250,6 +250,22 @@ def test_a_model_with_codes_per_copy_solves_each_view_as_a_copy_with_its_own_cod
     assert solution.tests[0].attempts[0] == TRUTH and solution.tests[0].candidates[0].votes == 3
     trained = tiny_model(format="pairs", copies=4, task_ids=tuple(code_key(task.id, v) for v in views))
     assert solve.with_task_code(trained, task, "mean", views) is trained  # transductive: the copies' own codes
+
+
+def test_by_default_solving_never_moves_a_colour_only_outputs_bring():
+    """The task's outputs bring 4 ("fill with yellow"): no view and no test-time training draw may recolour it, so
+    the task's code can learn it; the input colours are still permuted among themselves."""
+    task = Task(
+        id="fill",
+        train=tuple(Pair(input=((0, 1, i),), output=((4, 1, i),)) for i in (2, 3, 5)),
+        test=(Pair(input=((0, 1, 6),)),),
+    )
+    cfg = SolveConfig(views=16)
+    views = solve.views_of(tiny_model().cfg, task, cfg)
+    assert all(v.colours[4] == 4 and v.colours[0] == 0 for v in views)
+    assert {v.colours[1] for v in views} > {1}  # input colours do move
+    rng = np.random.default_rng(0)
+    assert all(cfg.augment.draw(rng, 3, input_colours(task)).colours[4] == 4 for _ in range(200))  # test-time training
 
 
 def test_decoding_under_a_views_code_conditions_on_that_code():
