@@ -29,13 +29,15 @@ run: $(STAMP)
 # tasks outside the dev set and the 233 ARC-AGI-2 training tasks in no ARC-AGI-1 split, as the README's chain):
 # STAGE_SECONDS of training into STAGE, from INIT's weights when given (a previous stage's checkpoint).
 # On a lent GPU: make train-stage DEVICE=cuda STAGE_SECONDS=540 INIT=checkpoints/default (the shipped stage of the chain). Then `make ship RUN=$(STAGE)`.
+# TRAIN_FLAGS adds train flags, e.g. TRAIN_FLAGS="--copies 8" (codes per augmented copy; a new recipe starts without INIT).
 STAGE ?= runs/stage
 STAGE_SECONDS ?= 9000
 INIT ?=
 DEVICE ?= auto
+TRAIN_FLAGS ?=
 train-stage: $(STAMP)
 	$(ONNARC) train --out $(STAGE) --format pairs --size base --source arc1-train-nodev --source arc2-train-new --seconds $(STAGE_SECONDS) \
-		--steps 1000000 --checkpoint-every 200 --device $(DEVICE) $(if $(INIT),--init $(INIT))
+		--steps 1000000 --checkpoint-every 200 --device $(DEVICE) $(if $(INIT),--init $(INIT)) $(TRAIN_FLAGS)
 
 # Ship a finished training run as the default checkpoint (weights, config, provenance; no optimizer state).
 RUN ?= runs/default
