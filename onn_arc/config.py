@@ -129,14 +129,18 @@ class AugmentConfig(BaseModel):
         return Augmentation.random(rng, n_train, self.keep_background, self.dihedral, self.colours, self.shuffle, movable)
 
 
+# Each optimizer's default peak lr: its best on the shipped recipe in bench/optim.py (README: Optimizer), 2026-12-04.
+DEFAULT_LR: dict[str, float] = {"gn": 3e-3, "adamw": 3e-3, "muon": 1e-2}
+
+
 class OptimizerConfig(BaseModel):
     """The optimizer: Gauss-Newton preconditioning (DESIGN §6), plain AdamW, or Muon on the weight matrices."""
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     name: OptimizerName = "gn"
-    lr: float = Field(default=3e-3, gt=0)  # peak learning rate (GN grafts its step to AdamW's size, Muon matches
-    # its update RMS to AdamW's: one lr scale for all three)
+    lr: float = Field(default=DEFAULT_LR["gn"], gt=0)  # peak learning rate, `DEFAULT_LR[name]` when not given (GN
+    # grafts its step to AdamW's size, Muon matches its update RMS to AdamW's: one lr scale for all three)
     beta1: float = Field(default=0.9, ge=0, lt=1)
     beta2: float = Field(default=0.95, ge=0, lt=1)
     weight_decay: float = Field(default=0.1, ge=0)  # decoupled, on weight matrices only
@@ -145,6 +149,14 @@ class OptimizerConfig(BaseModel):
     curvature_every: int = Field(default=10, gt=0)  # GN: steps between curvature statistics
     precondition_every: int = Field(default=50, gt=0)  # GN: steps between eigenbasis refreshes
     start_step: int = Field(default=10, gt=0)  # GN: plain AdamW before this step
+
+    @model_validator(mode="before")
+    @classmethod
+    def _lr_of_the_optimizer(cls, data: object) -> object:
+        """An optimizer named without an lr gets its own default lr (`DEFAULT_LR`)."""
+        if isinstance(data, dict) and "lr" not in data and data.get("name") in DEFAULT_LR:
+            return data | {"lr": DEFAULT_LR[data["name"]]}
+        return data
 
 
 TRAIN_FORMAT: tokens.Format = "pairs"  # what training uses when the model names no format: bench/formats.py's winner
@@ -157,7 +169,7 @@ class TrainConfig(BaseModel):
 
     model: ModelConfig = Field(default_factory=lambda: ModelConfig.preset("base", format=TRAIN_FORMAT))
     loss: LossConfig = LossConfig()
-    optimizer: OptimizerConfig = OptimizerConfig(name="muon", lr=1e-2)  # bench/optim.py on the shipped recipe: Muon
+    optimizer: OptimizerConfig = OptimizerConfig(name="muon")  # bench/optim.py on the shipped recipe: Muon
     # reached AdamW's held-out loss in 0.75x the time, GN not at all (README: Optimizer); 1e-2 was Muon's best lr
     augment: AugmentConfig = AugmentConfig()
     sources: list[str] = ["arc1-train"]  # data sources trained on, demos and test outputs

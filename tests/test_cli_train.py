@@ -12,7 +12,7 @@ from typer.testing import CliRunner
 import onn_arc.cli.train as cli_train
 from onn_arc.checkpoint import default_checkpoint, load_checkpoint
 from onn_arc.cli.app import app
-from onn_arc.config import TrainConfig
+from onn_arc.config import DEFAULT_LR, OptimizerConfig, TrainConfig
 from onn_arc.evaluate import _flat  # nested dicts as dotted keys
 
 
@@ -45,7 +45,8 @@ def changed(before: TrainConfig, after: TrainConfig) -> dict[str, Any]:
     "args, change",
     [
         (["--lr", "5e-3"], {"optimizer.lr": 5e-3}),  # not Gauss-Newton, OptimizerConfig's own default
-        (["--optimizer", "adamw"], {"optimizer.name": "adamw"}),
+        (["--optimizer", "adamw"], {"optimizer.name": "adamw", "optimizer.lr": 3e-3}),  # AdamW's own default lr
+        (["--optimizer", "adamw", "--lr", "1e-3"], {"optimizer.name": "adamw", "optimizer.lr": 1e-3}),
         (["--arch", "dense"], {"model.arch": "dense"}),  # the default preset's shape, no "Field required"
         (["--d-model", "64"], {"model.d_model": 64}),
         (["--format", "context"], {"model.format": "context"}),
@@ -90,3 +91,14 @@ def test_flags_change_the_resumed_runs_config(config_of, tmp_path):
     assert saved.optimizer.name == "gn" and saved.optimizer.lr == 3e-3  # the shipped run's, not the defaults
     assert changed(saved, config_of("--resume", "--lr", "1e-3", "--seed", "5")) == {"optimizer.lr": 1e-3, "seed": 5}
     assert config_of("--resume") == saved
+
+
+def test_each_optimizer_has_its_own_default_lr_in_one_table():
+    assert {name: OptimizerConfig(name=name).lr for name in DEFAULT_LR} == DEFAULT_LR
+    assert TrainConfig().optimizer.lr == DEFAULT_LR["muon"] and OptimizerConfig(name="adamw", lr=1e-4).lr == 1e-4
+    assert OptimizerConfig.model_validate({"name": "gn", "lr": 5e-3}).lr == 5e-3  # a recorded config keeps its lr
+
+
+def test_a_bad_optimizer_name_is_a_one_line_error(tmp_path):
+    result = CliRunner().invoke(app, ["train", "--out", str(tmp_path / "run"), "--optimizer", "sgd"])
+    assert result.exit_code != 0 and "Traceback" not in result.output and "sgd" in result.output

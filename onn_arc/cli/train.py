@@ -17,7 +17,7 @@ from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn, T
 from onn_arc.checkpoint import load_checkpoint
 from onn_arc.cli.app import app
 from onn_arc.cli.common import ThreadsOpt, err, out
-from onn_arc.config import PRESETS, ModelConfig, TrainConfig, one_line
+from onn_arc.config import DEFAULT_LR, PRESETS, ModelConfig, TrainConfig, one_line
 from onn_arc.errors import ConfigError
 from onn_arc.precision import resolve as resolve_precision
 from onn_arc.train import Run, RunPaths, prepare, resolve_device
@@ -78,7 +78,7 @@ def train_command(
     dropout: Annotated[float | None, Opt(help="Dropout on the embeddings and residual branches, in training only (0: off).")] = None,
     max_len: Annotated[int | None, Opt(help="Override the preset's context length in tokens.")] = None,
     optimizer: Annotated[str | None, Opt(help="muon (the default: Muon on weight matrices, AdamW elsewhere), gn (Gauss-Newton preconditioned; the shipped checkpoint's), or adamw.")] = None,
-    lr: Annotated[float | None, Opt(help="Peak learning rate (default 1e-2; AdamW's best in bench/optim.py was 3e-3).")] = None,
+    lr: Annotated[float | None, Opt(help="Peak learning rate (default: the optimizer's best in bench/optim.py: muon 1e-2, adamw and gn 3e-3).")] = None,
     weight_decay: Annotated[float | None, Opt(help="Decoupled weight decay of the weight matrices (default 0.1; nothing else decays).")] = None,
     ema: Annotated[float | None, Opt(help="Checkpoints ship the moving average of the weights with this decay, e.g. 0.999 (0: the raw weights).")] = None,
     batch_tokens: Annotated[int | None, Opt(help="Padded tokens per step.")] = None,
@@ -129,6 +129,8 @@ def train_command(
     }  # fmt: skip
     if augment is not None:
         flags |= {f"augment.{k}": augment for k in ("dihedral", "colours", "shuffle")}
+    if optimizer in DEFAULT_LR and lr is None:  # another optimizer, its own default lr (a bad name fails validation)
+        flags["optimizer.lr"] = DEFAULT_LR[optimizer]
     if colours is not None:
         flags |= {"augment.colours": colours != "off"} | ({"augment.colour_scope": colours} if colours != "off" else {})
     if size is not None:  # the preset's shape; every other model setting (arch, format, ...) stays
