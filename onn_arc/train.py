@@ -616,6 +616,12 @@ def prepare(
         state = loaded.train_state
         if state is None:
             raise ConfigError(f"{paths.checkpoint}: has no training state to resume from")
+        if loaded.meta.model.task_ids != model_cfg.task_ids:  # codes would attach to other tasks
+            raise ConfigError(
+                f"--resume: these sources give {len(model_cfg.task_ids)} task codes in another order than the "
+                f"{len(loaded.meta.model.task_ids)} the run trained; resume with its sources, or start a new stage "
+                f"from it with --init {paths.checkpoint} (tasks both know keep their codes)"
+            )
         if "tokens" not in state:
             raise ConfigError(
                 f"{paths.checkpoint}: written by an onn-arc that did not record training stages; "

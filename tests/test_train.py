@@ -458,6 +458,14 @@ def test_pair_format_trains_and_resumes_with_its_task_codes(tmp_path):
         _cfg(input_loss=True)
 
 
+@pytest.mark.parametrize("sources", [[SECOND, FIRST], [FIRST]])  # the same count in another order; fewer
+def test_a_pair_run_resumed_on_other_tasks_is_refused_not_given_wrong_codes(tmp_path, sources):
+    cfg = _cfg(model=PAIRS_MODEL, steps=1, sources=[FIRST, SECOND])
+    tr.prepare(cfg, tmp_path).fit()
+    with pytest.raises(ConfigError, match="--init"):
+        tr.prepare(cfg.model_copy(update={"steps": 2, "sources": sources}), tmp_path, resume=True)
+
+
 def test_a_pairs_stage_on_more_tasks_keeps_the_shared_codes_and_starts_new_ones_at_their_mean(tmp_path):
     cfg = _cfg(model=PAIRS_MODEL, steps=1, sources=[FIRST, SECOND])
     tr.prepare(cfg, tmp_path / "one").fit()
