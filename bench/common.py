@@ -6,11 +6,9 @@ import shlex
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from rich.console import Console
@@ -20,7 +18,7 @@ from onn_arc.data import Task, as_array
 from onn_arc.losses import activation_rate, loss_mask
 from onn_arc.model import TinyONN
 from onn_arc.solve import code_of
-from onn_arc.tokens import N_COLOURS, OUT, PAD, Batch, Sequence, collate, encode_pair, encode_task
+from onn_arc.tokens import N_COLOURS, PAD, Batch, Sequence, batches, encode_pair, encode_task, only_test_output
 
 
 def test_output_sequence(task: Task, test_index: int, max_len: int, code: int | None = None) -> Sequence:
@@ -29,10 +27,7 @@ def test_output_sequence(task: Task, test_index: int, max_len: int, code: int | 
     the test pair alone with task code `code` (as `evaluate.teacher_forced_loss` scores it)."""
     if code is not None:
         return encode_pair(task.test[test_index], code, max_len=max_len)
-    seq = encode_task(task, test_index, max_len=max_len)
-    targets = seq.targets.copy()
-    targets[: np.flatnonzero(seq.tokens == OUT)[-1] + 1] = False  # everything up to the test pair's OUT marker
-    return replace(seq, targets=targets)
+    return only_test_output(encode_task(task, test_index, max_len=max_len))
 
 
 def test_sequence(model: TinyONN, task: Task, test_index: int) -> Sequence:
@@ -59,18 +54,6 @@ def advance(run: train.Run) -> tuple[dict[str, float], Batch]:
     return metrics, batch
 
 
-def batches(seqs: list[Sequence], batch_tokens: int) -> Iterator[Batch]:
-    """The sequences, shortest first, packed into batches of at most `batch_tokens` padded tokens (or one sequence)."""
-    group: list[Sequence] = []
-    for seq in sorted(seqs, key=len):
-        if group and len(seq) * (len(group) + 1) > batch_tokens:
-            yield collate(group)
-            group = []
-        group.append(seq)
-    if group:
-        yield collate(group)
-
-
 @dataclass(frozen=True)
 class Scores:
     loss: float  # mean cross-entropy per target token (cells, row ends, closer)
@@ -86,7 +69,7 @@ def score(model: TinyONN, seqs: list[Sequence], batch_tokens: int = 8192) -> Sco
     layers = [layer for _, layer in model.routed_layers()]
     loss, right, rate = 0.0, 0, 0.0
     tokens = cells = valid_tokens = 0
-    for b in batches(seqs, batch_tokens):
+    for _, b in batches(seqs, batch_tokens):
         logits = model(b.tokens, b.rows, b.cols, b.pos, task=b.task)  # (B, T, V)
         gold = b.tokens.roll(-1, dims=1)  # (B, T): the token each logit predicts
         scored = loss_mask(b.targets)  # (B, T): logits that predict a target token

@@ -8,6 +8,8 @@ Rules (each ranks the distinct grids of one test input; the top two are the atte
 - copy-last: votes, with the grid equal to the test input (the copy guess) ranked last: an ARC output almost
   never equals its input, so the copy is submitted only when nothing else was found (`solve.vote` since);
 - mean-logprob: the log-probability per producing view, votes ignored;
+- poe: the product-of-experts score (the log-probability summed over every view, `solve.poe_scores`), the copy
+  last, as `SolveConfig.ranking="poe"` ranks; only for runs that stored the scores (solved since), else skipped;
 - oracle: the right grid wherever it is among the candidates (a ceiling for every rule, not a rule).
 
 Tune rules on a dev split only (arc1-dev, drawn from the training data); score evaluation splits with the default.
@@ -25,9 +27,9 @@ from rich.table import Table
 
 from onn_arc.data import Grid, Task, load_split
 from onn_arc.scoring import Scorer, ScoreSummary
-from onn_arc.solve import two_attempts
+from onn_arc.solve import Ranked, rank_key, two_attempts
 
-Candidate = dict  # {"grid", "votes", "logprob", "views"}, as evaluate.py stores them
+Candidate = dict  # {"grid", "votes", "logprob", "views", "poe"}, as evaluate.py stores them ("poe" since PoE scoring)
 Rule = Callable[[list[Candidate], Grid, Grid], list[Grid]]  # (candidates, test input, true output) -> ranked grids
 
 
@@ -47,12 +49,23 @@ def mean_logprob(found: list[Candidate], test_input: Grid, truth: Grid) -> list[
     return [_grid(c["grid"]) for c in sorted(found, key=lambda c: -c["logprob"] / c["votes"])]
 
 
+def poe(found: list[Candidate], test_input: Grid, truth: Grid) -> list[Grid]:
+    return [r.grid for r in sorted(map(Ranked.from_json, found), key=rank_key("poe", test_input))]
+
+
 def oracle(found: list[Candidate], test_input: Grid, truth: Grid) -> list[Grid]:
     grids = by_votes(found, test_input, truth)
     return [truth] if truth in grids else grids
 
 
-RULES: dict[str, Rule] = {"votes": by_votes, "copy-last": copy_last, "mean-logprob": mean_logprob, "oracle": oracle}
+RULES: dict[str, Rule] = {
+    "votes": by_votes, "copy-last": copy_last, "mean-logprob": mean_logprob, "poe": poe, "oracle": oracle,
+}  # fmt: skip
+
+
+def without_poe(records: list[dict]) -> int:
+    """How many of `records` have a candidate without a stored PoE score (solved before they were stored)."""
+    return sum(any("poe" not in c for found in r.get("candidates") or [] for c in found) for r in records)
 
 
 def rescore(rule: Rule, tasks: list[Task], records: dict[str, dict]) -> tuple[ScoreSummary, int]:
@@ -86,6 +99,10 @@ def main() -> None:
         table.add_column(column, justify="right")
     lines = []
     for name, rule in RULES.items():
+        if name == "poe" and (missing := without_poe([records[t.id] for t in tasks])):
+            print(f"poe: skipped: {missing} of {len(tasks)} tasks have no stored PoE scores (solved before they were "
+                  "stored); rerun `onn-arc eval` into a new folder")  # fmt: skip
+            continue
         s, copies = rescore(rule, tasks, records)
         changed = "-" if s.changed_cell_accuracy is None else f"{s.changed_cell_accuracy:.3f}"
         table.add_row(name, f"{s.pass_at_2:.4f}", f"{s.pass_at_1:.4f}", str(s.solved_tasks), changed, str(copies))

@@ -18,6 +18,7 @@ CodeInit = Literal["mean", "zero"]  # pairs: a new task's code starts at the tra
 TttParams = Literal["all", "code"]  # pairs: test-time training updates every weight, or the task code alone
 GateForm = Literal["softmax", "median"]  # the SML gate loss's form (losses.py): over units, or per unit
 ColourScope = Literal["all", "inputs"]  # a colour permutation moves every colour, or the task's input colours only
+Ranking = Literal["votes", "poe"]  # solving: candidates ranked by votes, or by their score summed over the views
 OptimizerName = Literal["gn", "adamw", "muon"]  # Gauss-Newton, AdamW, or Muon on weight matrices (AdamW elsewhere)
 
 
@@ -230,4 +231,7 @@ class SolveConfig(BaseModel):
     sampler: Literal["greedy", "dfs"] = "greedy"  # one grid per view, or every grid above min_prob
     min_prob: float = Field(default=0.1, gt=0, le=1)  # dfs: a candidate's probability floor
     max_candidates: int = Field(default=4, gt=0)  # dfs: at most this many grids per view
+    ranking: Ranking = "votes"  # the candidates' order: by votes, then log-probability over the views that produced
+    # them; or by their product-of-experts score, the log-probability summed over every view (solve.py); a copy of
+    # the test input last either way
     seed: int = 0  # seeds the views, test-time training data and sampling

@@ -36,11 +36,14 @@ from torch import Tensor
 
 from onn_arc.data import Grid
 from onn_arc.model import KVCache, TinyONN
-from onn_arc.tokens import EOS, MAX_COORD, N_COLOURS, PAD, ROW, Sequence, decode_grid, next_position
+from onn_arc.tokens import (
+    EOS, MAX_COORD, N_COLOURS, PAD, ROW, VOCAB_SIZE, Sequence, batches, decode_grid, next_position,
+)  # fmt: skip
 
 END = EOS  # the token a candidate records for "the grid ends here"
 CHOICES = (*range(N_COLOURS), ROW, END)  # what the decoder can write next, in the order of `_choice_logprobs`
 GRID_TOKENS = MAX_COORD * (MAX_COORD + 1) + 1  # the longest grid: 30 rows of 30 cells and a row end, then its end
+SCORED_TOKENS = 8192  # padded tokens per forward pass of `teacher_forced`
 
 Shape = tuple[int, int, int]  # a prefix's (finished rows, row width or 0 before the first row end, cells in this row)
 Choices = tuple[list[float], float]  # log-probabilities of CHOICES next, activation rate of the pass that gave them
@@ -235,3 +238,26 @@ def dfs(
             elif node.depth < decoder.limits[0]:
                 stack += [n for n in reversed(_children(node, decoder.after([node])[0])) if n.logprob >= floor]
     return sorted(found, key=lambda c: -c.logprob)
+
+
+@torch.inference_mode()
+def teacher_forced(model: TinyONN, seqs: list[Sequence], batch_tokens: int = SCORED_TOKENS) -> list[float | None]:
+    """Each sequence's summed log-probability of its target tokens (`Sequence.targets`: a grid's cells, row ends and
+    the token that ends it) given every token before, counted as a `Candidate`'s: a colour or row end by its own
+    probability, the end by every ending token's together (`_choice_logprobs`), never renormalised. Full forward
+    passes without autocast (fp32, as decoding) over batches of at most `batch_tokens` padded tokens; None for a
+    sequence that does not fit the context (its last token, which is never fed, aside)."""
+    device = next(model.parameters()).device
+    choice = torch.full((VOCAB_SIZE,), len(CHOICES) - 1, device=device)  # each token's place in CHOICES: the end...
+    choice[list(CHOICES[:-1])] = torch.arange(len(CHOICES) - 1, device=device)  # ...but for the colours and ROW
+    fits = [i for i, seq in enumerate(seqs) if len(seq) - 1 <= model.cfg.max_len]
+    scores: list[float | None] = [None] * len(seqs)
+    for rows, batch in batches([seqs[i] for i in fits], batch_tokens):
+        b = batch.to(device)
+        fed = [x[:, :-1] for x in (b.tokens, b.rows, b.cols, b.pos)]  # (B, T - 1) each: the last token predicts nothing
+        logits = model(*fed, task=b.task)  # (B, T - 1, V): position t predicts token t + 1
+        lp = _choice_logprobs(logits).gather(-1, choice[b.tokens[:, 1:, None]])[..., 0]  # (B, T - 1)
+        lp = torch.where(b.targets[:, 1:], lp, 0.0).sum(1)  # (B,)
+        for row, value in zip(rows, lp.tolist()):
+            scores[fits[row]] = value
+    return scores

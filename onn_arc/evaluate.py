@@ -46,7 +46,7 @@ from onn_arc.model import TinyONN
 from onn_arc.precision import Precision, autocast, resolve
 from onn_arc.scoring import Scorer, ScoreSummary, TaskScore, TwoAttempts, write_submission
 from onn_arc.solve import check_options, code_of, solve_or_copy, two_attempts, with_task_code
-from onn_arc.tokens import OUT, collate, encode_pair, encode_task
+from onn_arc.tokens import collate, encode_pair, encode_task, only_test_output
 
 SETTINGS, RESULTS, SUBMISSION, REPORT = "settings.json", "results.jsonl", "submission.json", "report.json"
 TIMING = ("seconds", "ttt_seconds", "seconds_per_task")  # the only fields a resumed run may change
@@ -83,13 +83,10 @@ def teacher_forced_loss(
             model = with_task_code(model, task, code_init)
             seq = encode_pair(task.test[test_index], code_of(model, task), max_len=max_len)
         else:
-            seq = encode_task(task, test_index, max_len=max_len, answer=True)
+            seq = only_test_output(encode_task(task, test_index, max_len=max_len, answer=True))
     except TaskError:
         return None
-    batch = collate([seq])
-    start = int((batch.tokens[0] == OUT).nonzero()[-1]) + 1  # the test output's first token
-    batch.targets[:, :start] = False  # only the test output: in context, the demos' outputs are context here
-    batch = batch.to(next(model.parameters()).device)
+    batch = collate([seq]).to(next(model.parameters()).device)
     with torch.inference_mode(), autocast(precision, batch.tokens.device):
         logits = model(batch.tokens, batch.rows, batch.cols, batch.pos, task=batch.task).float()  # (1, T, V)
     loss, _ = main_loss(logits, batch.tokens, batch.targets)

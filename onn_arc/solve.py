@@ -9,12 +9,18 @@
    leaves room for an output as large as the largest grid in the task. The greedy sampler decodes every view's
    prompts together (`decode.greedy_batch`, up to BATCH_ROWS at a time: several times the tokens/s of one by one on
    a CPU, bench/solve.py); dfs searches one prompt at a time.
-3. Every candidate grid is mapped back through its view's inverse; distinct grids are ranked by the number of views
-   that produced them, then by their log-probability summed over those views, except that a grid equal to the test
-   input ranks last (an ARC output almost never equals its input: the copy is the fallback, not an answer; on the
-   dev set this ranking raised pass@1 and changed-cell accuracy, README). The top two are the attempts; there
-   are always two (`two_attempts`): the best twice when only one grid was found, the test input itself twice (the
-   copy-the-input guess) when none was or the task could not be solved (`solve_or_copy`).
+3. Every candidate grid is mapped back through its view's inverse, and each distinct grid is scored as a product of
+   experts (the ARChitects' "Product of Experts"): its teacher-forced log-probability in every view (the test input
+   and the grid mapped into the view, under the view's code), summed over the views; a log-probability counts the
+   grid's cells, row ends and end as decoding counts a candidate's (`decode.teacher_forced`), so in a view that
+   produced the grid it is what decoding found. Full forward passes over batches of every (view, grid) sequence
+   score a test input's grids: cheap next to decoding them token by token.
+4. Distinct grids are ranked (`SolveConfig.ranking`) by the number of views that produced them, then by their
+   log-probability summed over those views ("votes"), or by their product-of-experts score ("poe"); either way a grid
+   equal to the test input ranks last (an ARC output almost never equals its input: the copy is the fallback, not an
+   answer; on the dev set this raised pass@1 and changed-cell accuracy, README). The top two are the attempts;
+   there are always two (`two_attempts`): the best twice when only one grid was found, the test input itself twice
+   (the copy-the-input guess) when none was or the task could not be solved (`solve_or_copy`).
 
 In the pair format (DESIGN §3b) the task is conditioned on its code: the code it was trained with when the model
 saw the task's demos (transductive training), else a fresh code on a copy of the model (`SolveConfig.task_code_init`).
@@ -30,21 +36,23 @@ budget; a wall-clock budget stops wherever the time runs out).
 
 import copy
 import itertools
+import math
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from functools import partial
 
 import numpy as np
 import torch
 
 from onn_arc import decode
 from onn_arc.augment import INVERSE_DIHEDRAL, Augmentation, dihedral_map, input_colours
-from onn_arc.config import AugmentConfig, CodeInit, ModelConfig, SolveConfig, TrainConfig
+from onn_arc.config import AugmentConfig, CodeInit, ModelConfig, Ranking, SolveConfig, TrainConfig
 from onn_arc.data import Grid, Pair, Task
 from onn_arc.errors import ConfigError, TaskError
 from onn_arc.model import TinyONN
 from onn_arc.scoring import TwoAttempts
-from onn_arc.tokens import Sequence, encode_pair, encode_task, grid_room
+from onn_arc.tokens import Sequence, encode_pair, encode_task, grid_room, only_test_output
 from onn_arc.train import (
     Entry, Example, code_key, copies_of, leave_one_out, lr_factor, make_optimizer, pair_examples, sample_batch,
     step_generators, train_step,
@@ -53,6 +61,7 @@ from onn_arc.train import (
 PAIR_OPTIONS = ("ttt_params", "task_code_init")  # SolveConfig fields that only the pair format uses
 BATCH_ROWS = 32  # prompts greedy decodes together at most (a row's KV cache: ~8 MB for the base preset, pairs)
 Progress = Callable[[str, int, int], None]  # (stage, done, total): "ttt" steps, then "decode" view × test prompts
+Score = Callable[[list[Grid]], list[float | None]]  # a test input's candidate grids -> their product-of-experts scores
 
 
 @dataclass(frozen=True)
@@ -63,10 +72,17 @@ class Ranked:
     votes: int  # views that produced it
     logprob: float  # summed over those views
     views: tuple[int, ...]  # which views
+    poe: float | None = None  # its log-probability summed over every view (`poe_scores`; None: not scored)
 
     def to_json(self) -> dict:
         grid = [list(row) for row in self.grid]
-        return {"grid": grid, "votes": self.votes, "logprob": self.logprob, "views": list(self.views)}
+        return {"grid": grid, "votes": self.votes, "logprob": self.logprob, "views": list(self.views), "poe": self.poe}
+
+    @staticmethod
+    def from_json(d: dict) -> "Ranked":
+        """A stored candidate (results.jsonl); one stored before PoE scoring has no score."""
+        grid = tuple(tuple(row) for row in d["grid"])
+        return Ranked(grid, d["votes"], d["logprob"], tuple(d["views"]), d.get("poe"))
 
 
 @dataclass(frozen=True)
@@ -274,16 +290,39 @@ def two_attempts(ranked: list[Grid], test_input: Grid) -> TwoAttempts:
     return best[0], best[-1]
 
 
-def vote(views: list[Augmentation], found: list[list[decode.Candidate]], test_input: Grid) -> Answer:
-    """Rank the distinct grids that `found[v]` (candidates decoded in view v's orientation) map back to: by votes, then
-    summed log-probability, a copy of `test_input` last; the attempts for `test_input` are `two_attempts` of them."""
+def rank_key(ranking: Ranking, test_input: Grid) -> Callable[[Ranked], tuple]:
+    """The sort key of a candidate, best first: a copy of `test_input` last; then by votes and summed log-probability,
+    or by product-of-experts score (unscored grids after the scored ones) and then votes."""
+
+    def key(r: Ranked) -> tuple:
+        by_votes = (-r.votes, -r.logprob)
+        if ranking == "poe":
+            return (r.grid == test_input, math.inf if r.poe is None else -r.poe, *by_votes)
+        return (r.grid == test_input, *by_votes)
+
+    return key
+
+
+def vote(
+    views: list[Augmentation],
+    found: list[list[decode.Candidate]],
+    test_input: Grid,
+    score: Score | None = None,
+    ranking: Ranking = "votes",
+) -> Answer:
+    """Rank the distinct grids that `found[v]` (candidates decoded in view v's orientation) map back to, each scored by
+    `score` (None: unscored), as `rank_key` says; the attempts for `test_input` are `two_attempts` of them."""
     hits: dict[Grid, list[tuple[int, decode.Candidate]]] = {}
     for v, (view, candidates) in enumerate(zip(views, found, strict=True)):
         for c in candidates:
             hits.setdefault(view.invert_grid(c.grid), []).append((v, c))
+    scores = score(list(hits)) if score is not None and hits else [None] * len(hits)
     ranked = sorted(
-        (Ranked(grid, len(h), sum(c.logprob for _, c in h), tuple(v for v, _ in h)) for grid, h in hits.items()),
-        key=lambda r: (r.grid == test_input, -r.votes, -r.logprob),
+        (
+            Ranked(grid, len(h), sum(c.logprob for _, c in h), tuple(v for v, _ in h), poe)
+            for (grid, h), poe in zip(hits.items(), scores, strict=True)
+        ),
+        key=rank_key(ranking, test_input),
     )
     attempts = two_attempts([r.grid for r in ranked], test_input)
     if not ranked:
@@ -304,6 +343,30 @@ def decode_prompt(model: TinyONN, task: Task, test_index: int, code: int | None 
         code = code_of(model, task) if code is None else code
         return encode_pair(Pair(input=task.test[test_index].input), code, answer=False)
     return prompt(task, test_index, model.cfg.max_len)
+
+
+def answer_sequence(model: TinyONN, task: Task, test_index: int, output: Grid, code: int | None = None) -> Sequence:
+    """`decode_prompt`'s sequence followed by `output` and the EOS that ends it, as decoding lays them out, the targets
+    on those alone: what `decode.teacher_forced` scores a candidate grid of test input `test_index` from."""
+    pair = Pair(input=task.test[test_index].input, output=output)
+    if model.cfg.format == "pairs":
+        return encode_pair(pair, code_of(model, task) if code is None else code)
+    kept = prompt(task, test_index, model.cfg.max_len).n_demos  # the demos the prompt kept
+    return only_test_output(encode_task(task.model_copy(update={"train": task.train[:kept], "test": (pair,)})))
+
+
+def poe_scores(
+    model: TinyONN, task: Task, views: list[Augmentation], test_index: int, grids: list[Grid]
+) -> list[float | None]:  # fmt: skip
+    """Each of `grids` (candidates for test input `test_index`, in the task's orientation) scored as a product of
+    experts: its log-probability (`decode.teacher_forced`) in each of `views` (the task and the grid mapped into it,
+    under the view's code), summed over the views; None for a grid whose sequence does not fit the context in some
+    view. The task's test outputs are never read."""
+    seen = [(view, view.apply(task), code_of(model, task, view)) for view in views]  # (view, task in it, its code)
+    seqs = [answer_sequence(model, t, test_index, v.apply_grid(grid), code) for grid in grids for v, t, code in seen]
+    each = iter(decode.teacher_forced(model, seqs))
+    per_grid = [[next(each) for _ in views] for _ in grids]
+    return [None if None in logprobs else sum(logprobs) for logprobs in per_grid]
 
 
 def decode_views(
@@ -339,9 +402,10 @@ def solve_task(
     on_progress: Progress | None = None,
     on_tuned: Callable[[TinyONN], None] | None = None,
 ) -> Solution:
-    """Test-time training on a copy of `model`, then decoding in `cfg.views` views and voting. The task's test
-    outputs, if any, are never used here; `on_tuned` gets the model after test-time training, before decoding
-    (evaluate.py scores the true outputs' loss with it). TaskError when a test input cannot fit the context."""
+    """Test-time training on a copy of `model`, then decoding in `cfg.views` views, scoring every candidate in every
+    view, and ranking (`cfg.ranking`). The task's test outputs, if any, are never used here; `on_tuned` gets the model
+    after test-time training, before decoding (evaluate.py scores the true outputs' loss with it). TaskError when a
+    test input cannot fit the context."""
     check_fits(task, model.cfg.max_len)
     views = views_of(model.cfg, task, cfg)
     model = with_task_code(model, task, cfg.task_code_init, views)
@@ -350,7 +414,10 @@ def solve_task(
         on_tuned(tuned)
     seen = [(view.apply(task), code_of(tuned, task, view)) for view in views]
     found = decode_views(tuned, seen, cfg, on_progress)  # [view][test] -> candidates
-    tests = tuple(vote(views, [f[i] for f in found], pair.input) for i, pair in enumerate(task.test))
+    tests = tuple(
+        vote(views, [f[i] for f in found], pair.input, partial(poe_scores, tuned, task, views, i), cfg.ranking)
+        for i, pair in enumerate(task.test)
+    )
     return Solution(task.id, tests, tuple(views), steps, seconds, loss)
 
 

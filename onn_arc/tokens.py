@@ -24,7 +24,8 @@ format can put it on the input grid too (its cells, row ends and the OUT after i
 Tasks longer than the context lose demos from the end, never the test pair.
 """
 
-from dataclasses import dataclass
+from collections.abc import Iterator
+from dataclasses import dataclass, replace
 from typing import Literal
 
 import numpy as np
@@ -132,6 +133,14 @@ def encode_task(task: Task, test_index: int = 0, max_len: int | None = None, ans
     return Sequence(tokens, rows, cols, np.arange(len(tokens)), roles, _targets(roles, (OUTPUT,)), n_demos)
 
 
+def only_test_output(seq: Sequence) -> Sequence:
+    """`seq`, an `encode_task` with its answer, with its targets on the test output alone (its cells, row ends and
+    the closing EOS): the demos' outputs become context."""
+    targets = seq.targets.copy()
+    targets[: np.flatnonzero(seq.tokens == OUT)[-1] + 1] = False  # everything up to the test pair's OUT marker
+    return replace(seq, targets=targets)
+
+
 def encode_pair(
     pair: Pair, task: int = 0, answer: bool = True, input_loss: bool = False, max_len: int | None = None
 ) -> Sequence:
@@ -235,3 +244,16 @@ def collate(seqs: list[Sequence], length: int | None = None) -> Batch:
         targets[i, :n] = s.targets
     task = np.array([s.task for s in seqs], np.int64)
     return Batch(*(torch.from_numpy(np.ascontiguousarray(a)) for a in (*out.values(), targets, task)))
+
+
+def batches(seqs: list[Sequence], batch_tokens: int) -> Iterator[tuple[list[int], Batch]]:
+    """The sequences, shortest first, packed into batches of at most `batch_tokens` padded tokens (or one sequence),
+    each with the indices in `seqs` of its rows."""
+    group: list[int] = []
+    for i in sorted(range(len(seqs)), key=lambda i: len(seqs[i])):
+        if group and len(seqs[i]) * (len(group) + 1) > batch_tokens:
+            yield group, collate([seqs[k] for k in group])
+            group = []
+        group.append(i)
+    if group:
+        yield group, collate([seqs[k] for k in group])

@@ -2,6 +2,7 @@
 and a tiny model trained here solving a learnable task end to end."""
 
 import json
+import re
 from collections.abc import Callable
 from pathlib import Path
 
@@ -22,7 +23,7 @@ from onn_arc.errors import ConfigError, TaskError
 from onn_arc.model import TinyONN
 from onn_arc.optim import gauss_newton
 from onn_arc.scoring import load_submission
-from onn_arc.tokens import encode_pair
+from onn_arc.tokens import EOS, N_COLOURS, OUT, ROW, VOCAB_SIZE, Sequence, encode_pair
 from onn_arc.train import Example, code_key, copies_of, make_optimizer, pair_examples, sample_batch, train_step
 
 DATA = Path(__file__).resolve().parents[1] / "data"
@@ -308,6 +309,127 @@ def test_decode_views_decodes_every_views_tests_and_counts_them(sampler, monkeyp
             assert [c.logprob for c in candidates] == pytest.approx([c.logprob for c in alone], abs=1e-4)
 
 
+# ---------------------------------------------------------------- candidates scored in every view (product of experts)
+
+
+def logprob_by_hand(model: TinyONN, seq: Sequence) -> float:
+    """The summed log-probability of `seq`'s targets from one full forward pass, in float64: a cell or row end by its
+    own probability, the end (EOS) by every token that would end the grid (neither a colour nor ROW) together."""
+    t = [torch.as_tensor(a)[None] for a in (seq.tokens, seq.rows, seq.cols, seq.pos)]  # (1, T) each
+    with torch.no_grad():
+        lp = model(*t, task=torch.tensor([seq.task]))[0].double().log_softmax(-1)  # (T, V)
+    enders = [k for k in range(VOCAB_SIZE) if k >= N_COLOURS and k != ROW]
+    targets = np.flatnonzero(seq.targets)
+    assert targets.tolist() == list(range(seq.tokens.tolist().index(OUT) + 1, len(seq)))  # the output and its EOS
+    return sum(
+        (lp[k - 1, enders].logsumexp(0) if seq.tokens[k] == EOS else lp[k - 1, seq.tokens[k]]).item() for k in targets
+    )
+
+
+@pytest.mark.parametrize("copies", [0, 3])
+def test_poe_sums_each_views_teacher_forced_logprob_under_its_code(copies):
+    """A candidate's score is its log-probability in every view (the test input and the grid mapped into the view,
+    under the view's code: with codes per copy, each view its own), summed; a grid too long for the context in some
+    view has none."""
+    task = stub_task()
+    model = pair_model(copies=copies)
+    views = solve.views_of(model.cfg, task, FAST.model_copy(update={"views": 3}))
+    model = solve.with_task_code(model, task, "mean", views)
+    with torch.no_grad():
+        model.task_codes.weight[2:].normal_()  # with copies, every view's code its own
+    codes = [solve.code_of(model, task, v) for v in views]
+    assert codes == ([2, 3, 4] if copies else [2, 2, 2])
+    assert len({v.apply_grid(TRUTH) for v in views}) > 1  # the views do move the grid
+    scores = solve.poe_scores(model, task, views, 0, [TRUTH, WRONG])
+    for grid, score in zip([TRUTH, WRONG], scores):
+        by_hand = [
+            logprob_by_hand(model, encode_pair(Pair(input=v.apply_grid(task.test[0].input), output=v.apply_grid(grid)), c))
+            for v, c in zip(views, codes)
+        ]  # fmt: skip
+        assert score == pytest.approx(sum(by_hand), abs=1e-4)
+    big = ((1,) * 30,) * 20  # 620 tokens: a 512-token context holds it in no view
+    assert solve.poe_scores(model, task, views, 0, [big, TRUTH]) == [None, pytest.approx(scores[0], abs=1e-4)]
+
+
+@pytest.mark.parametrize("fmt", ["context", "pairs"])
+def test_a_views_teacher_forced_logprob_is_what_decoding_it_found(fmt):
+    """Scored in the view that decoded it, a candidate's log-probability is the one decoding gave it (full forward
+    passes against the KV cache)."""
+    task = load_task_file(DATA / "6150a2bd.json")
+    model = pair_model(max_len=128) if fmt == "pairs" else tiny_model(max_len=128)
+    with torch.no_grad():
+        model.head.weight.mul_(3)
+    views = solve.choose_views(task, 3, 0, AugmentConfig())
+    model = solve.with_task_code(model, task, "mean", views)
+    seen = [(v.apply(task), solve.code_of(model, task, v)) for v in views]
+    for view, [candidates] in zip(views, solve.decode_views(model, seen, FAST), strict=True):
+        (c,) = candidates
+        assert solve.poe_scores(model, task, [view], 0, [view.invert_grid(c.grid)]) == [pytest.approx(c.logprob, abs=1e-4)]
+
+
+@pytest.mark.parametrize("fmt", ["context", "pairs"])
+def test_an_answer_sequence_is_the_decode_prompt_then_the_grid_and_its_end(fmt):
+    model = pair_model(max_len=30) if fmt == "pairs" else tiny_model(max_len=30)
+    model = solve.with_task_code(model, stub_task(), "mean")
+    prompt = solve.decode_prompt(model, stub_task(), 0)
+    seq = solve.answer_sequence(model, stub_task(), 0, TRUTH)
+    assert fmt == "pairs" or 0 < prompt.n_demos < len(stub_task().train)  # demos dropped to leave room: the same ones
+    n = len(prompt)
+    for field in ("tokens", "rows", "cols", "pos"):
+        assert getattr(seq, field)[:n].tolist() == getattr(prompt, field).tolist()
+    assert seq.tokens[n:].tolist() == [1, 2, 0, ROW, 3, 4, 0, ROW, EOS] and seq.task == prompt.task
+    assert np.flatnonzero(seq.targets).tolist() == list(range(n, len(seq)))
+
+
+def test_ranking_by_poe_puts_the_best_score_first_and_a_copy_last():
+    task = stub_task()
+    views = solve.choose_views(task, 3, 0, AugmentConfig())
+    given = task.test[0].input
+    confidence = np.full((2, 3), 0.9)
+    found = [
+        [candidate(views[0].apply_grid(given), -0.1), candidate(views[0].apply_grid(WRONG), -1.0)],
+        [candidate(views[1].apply_grid(given), -0.1)],
+        [candidate(views[2].apply_grid(TRUTH), -2.0, dihedral_map(confidence, views[2].dihedral))],
+    ]
+    poe = {given: -1.0, WRONG: -30.0, TRUTH: -5.0}
+    scored = []
+
+    def score(grids):
+        scored.append(grids)
+        return [poe[g] for g in grids]
+
+    by_votes = solve.vote(views, found, given, score)
+    assert [c.grid for c in by_votes.candidates] == [WRONG, TRUTH, given] and by_votes.attempts == (WRONG, TRUTH)
+    assert [c.poe for c in by_votes.candidates] == [-30.0, -5.0, -1.0]  # scored either way, for the record
+    assert by_votes.candidates[0].to_json()["poe"] == -30.0
+    by_poe = solve.vote(views, found, given, score, "poe")
+    assert [c.grid for c in by_poe.candidates] == [TRUTH, WRONG, given] and by_poe.attempts == (TRUTH, WRONG)
+    np.testing.assert_allclose(by_poe.confidence, confidence)  # attempt 1's maps: the new best's
+    assert scored == [[given, WRONG, TRUTH]] * 2  # one call per test input, every distinct grid once
+    unscored = solve.vote(views, found, given, lambda grids: [None if g == TRUTH else poe[g] for g in grids], "poe")
+    assert [c.grid for c in unscored.candidates] == [WRONG, TRUTH, given]  # unscored after the scored ones
+
+
+def test_solve_task_ranks_by_poe_without_reading_the_test_outputs():
+    task = load_task_file(DATA / "6150a2bd.json")
+    model = tiny_model()
+    with torch.no_grad():
+        model.head.weight.mul_(3)
+    cfg = FAST.model_copy(update={"views": 4, "ranking": "poe"})
+    solution = solve.solve_task(model, task, cfg)
+    (answer,) = solution.tests
+    assert len(answer.candidates) > 1 and all(c.poe is not None for c in answer.candidates)
+    keys = [solve.rank_key("poe", task.test[0].input)(c) for c in answer.candidates]
+    assert keys == sorted(keys) and answer.attempts[0] == answer.candidates[0].grid
+    tuned = solve.fine_tune(model, task, cfg, views=list(solution.views))[0]  # the model that decoded and scored
+    grids = [c.grid for c in answer.candidates]
+    scores = solve.poe_scores(tuned, task, list(solution.views), 0, grids)
+    assert [c.poe for c in answer.candidates] == pytest.approx(scores, abs=1e-4)
+    poisoned = task.model_copy(update={"test": (Pair(input=task.test[0].input, output=((9,),)),)})
+    again = solve.solve_task(model, poisoned, cfg)
+    assert again.to_json() | {"ttt_seconds": 0} == solution.to_json() | {"ttt_seconds": 0}
+
+
 def test_code_only_test_time_training_changes_the_code_alone():
     model = solve.with_task_code(pair_model(), stub_task(), "mean")
     code = solve.code_of(model, stub_task())
@@ -396,11 +518,13 @@ def run_cli(*args: str):
 
 def test_cli_solve_draws_the_task_attempts_and_explanation(checkpoint):
     result = run_cli(str(DATA / "6150a2bd.json"), "-c", str(checkpoint), "--ttt-steps", "1", "--ttt-optimizer", "adamw",
-                     "--views", "2", "--explain")  # fmt: skip
+                     "--views", "2", "--ranking", "poe", "--explain")  # fmt: skip
     assert result.exit_code == 0, result.output
     text = result.stdout
     assert "demo 2" in text and "attempt 1 ✗" in text and "not solved ✗" in text
     assert "test-time training: 1 steps" in text and "from 2 views" in text
+    assert "ranked by poe" in text and "PoE: over all 2 views" in text
+    assert re.search(r"  1\. +\d+×\d+ +\d votes? +log p +-[\d.]+ +PoE +-[\d.]+\n", text)  # each candidate's scores
     assert "confidence" in text and "activation rate" in text
 
 
@@ -441,6 +565,7 @@ def test_cli_solve_warns_about_leakage_and_fails_in_one_line(checkpoint, tmp_pat
         assert result.exit_code == 1 and words in result.stderr and len(result.stderr.strip().splitlines()) == 1
     assert run_cli("007bbfb7", "--views", "0").exit_code == 2
     assert run_cli("007bbfb7", "--sampler", "beam").exit_code == 2
+    assert run_cli("007bbfb7", "--ranking", "best").exit_code == 2
 
 
 # ---------------------------------------------------------------- `onn-arc solve` on several tasks

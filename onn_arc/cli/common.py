@@ -7,7 +7,7 @@ import typer
 from pydantic import ValidationError
 from rich.console import Console
 
-from onn_arc.config import CodeInit, OptimizerName, SolveConfig, TttParams, one_line
+from onn_arc.config import CodeInit, OptimizerName, Ranking, SolveConfig, TttParams, one_line
 from onn_arc.errors import ConfigError
 
 # Results go to stdout, progress and logs to stderr. Consoles resolve sys.stdout at
@@ -46,6 +46,13 @@ SamplerOpt = Annotated[
     Literal["greedy", "dfs"], typer.Option(help="greedy: one grid per view; dfs: every grid above --min-prob.")
 ]
 MinProbOpt = Annotated[float, typer.Option(help="dfs: a candidate grid's probability floor.")]
+RankingOpt = Annotated[
+    Ranking,
+    typer.Option(
+        help="Rank the candidate grids by votes (views that produced them), or by their log-probability summed over "
+        "every view (poe: a product of experts); a copy of the test input last either way."
+    ),
+]
 TttParamsOpt = Annotated[
     TttParams, typer.Option(help="Pair format: test-time training updates every weight (all) or the task's code alone.")
 ]
@@ -86,11 +93,12 @@ def solve_config(
     colours: str = DEFAULT_COLOURS,
     dihedral: bool = DEFAULT.augment.dihedral,
     keep_background: bool = DEFAULT.augment.keep_background,
+    ranking: str = DEFAULT.ranking,
 ) -> SolveConfig:
     """The SolveConfig the shared options describe (everything else at its default)."""
     fields = dict(
         ttt_steps=ttt_steps, ttt_seconds=ttt_seconds, views=views, sampler=sampler, min_prob=min_prob, precision=precision,
-        ttt_params=ttt_params, task_code_init=task_code_init,
+        ttt_params=ttt_params, task_code_init=task_code_init, ranking=ranking,
     )  # fmt: skip
     optimizer = DEFAULT.optimizer.model_dump() | {"name": ttt_optimizer}
     augment = DEFAULT.augment.model_dump() | {"dihedral": dihedral, "keep_background": keep_background}

@@ -25,6 +25,7 @@ from onn_arc.cli.common import (
     JsonOpt,
     MinProbOpt,
     PrecisionOpt,
+    RankingOpt,
     SamplerOpt,
     SeedOpt,
     ThreadsOpt,
@@ -146,6 +147,7 @@ def eval_command(
     keep_background: BackgroundOpt = DEFAULT.augment.keep_background,
     sampler: SamplerOpt = DEFAULT.sampler,
     min_prob: MinProbOpt = DEFAULT.min_prob,
+    ranking: RankingOpt = DEFAULT.ranking,
     seed: SeedOpt = DEFAULT.seed,
     precision: PrecisionOpt = DEFAULT.precision,
     workers: WorkersOpt = 1,
@@ -161,7 +163,7 @@ def eval_command(
         torch.set_num_threads(threads)
     cfg = solve_config(
         ttt_steps, ttt_seconds, ttt_optimizer, views, sampler, min_prob, seed, precision, ttt_params, task_code_init,
-        colours, dihedral, keep_background,
+        colours, dihedral, keep_background, ranking,
     )  # fmt: skip
     chosen = select(data.load_source(split), tasks, limit, split)
     folder = checkpoint or default_checkpoint()

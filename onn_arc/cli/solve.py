@@ -29,6 +29,7 @@ from onn_arc.cli.common import (
     JsonOpt,
     MinProbOpt,
     PrecisionOpt,
+    RankingOpt,
     OutFileOpt,
     SamplerOpt,
     SeedOpt,
@@ -47,7 +48,7 @@ from onn_arc.config import SolveConfig
 from onn_arc.errors import ConfigError, TaskNotFound
 from onn_arc.model import TinyONN
 from onn_arc.scoring import Scorer, TaskScore, TwoAttempts, kaggle_json, score_task, write_submission
-from onn_arc.solve import Solution, check_options, solve_or_copy, solve_task
+from onn_arc.solve import Answer, Solution, check_options, solve_or_copy, solve_task
 from onn_arc.train import resolve_device
 
 TasksArg = Annotated[
@@ -56,6 +57,14 @@ TasksArg = Annotated[
         help="One task: an id (007bbfb7), SPLIT:INDEX (arc1-eval:0) or a task JSON file. Several: a split, a folder "
         "of task files, or a Kaggle challenges file (CHALLENGES.json[,SOLUTIONS.json]).",
         show_default=False,
+    ),
+]
+
+
+ExplainOpt = Annotated[
+    bool,
+    typer.Option(
+        help="Show every candidate's votes and scores, and attempt 1's per-cell confidence and SBL activation rate."
     ),
 ]
 
@@ -71,13 +80,29 @@ def load_tasks(spec: str) -> list[data.Task]:
     return [data.resolve_task(spec)]
 
 
-def _explain(solution: Solution) -> Group:
+def _candidates(test: Answer, test_input: data.Grid, views: int, ranking: str) -> Text:
+    """Every candidate of a test input, ranked, with its votes, log-probability over the views that produced it and
+    product-of-experts score (log-probability summed over every view); a copy of the input marked."""
+    lines = [
+        f"{len(test.candidates)} candidate(s), ranked by {ranking} (a copy of the input last)",
+        f"log p: summed over the views that found the grid; PoE: over all {views} views",
+    ]
+    for k, c in enumerate(test.candidates, start=1):
+        poe = "–" if c.poe is None else f"{c.poe:.2f}"
+        votes = f"{c.votes} vote{'s' * (c.votes != 1)}"
+        copy = "  (the test input)" if c.grid == test_input else ""
+        lines.append(f"{k:>3}. {render.size(c.grid):>5}  {votes:>8}  log p {c.logprob:8.2f}  PoE {poe:>8}{copy}")
+    return Text("\n".join(lines))
+
+
+def _explain(task: data.Task, solution: Solution, ranking: str) -> Group:
     parts = []
-    for i, test in enumerate(solution.tests):
+    for i, (test, pair) in enumerate(zip(solution.tests, task.test, strict=True)):
         parts.append(Text(f"test {i + 1}: why attempt 1", style="bold underline"))
         if test.confidence is None:
             parts.append(Text("no grid decoded: the attempts are the test input", style="dim italic"))
             continue
+        parts.append(_candidates(test, pair.input, len(solution.views), ranking))
         maps = [render.heatmap(test.confidence, "confidence"), render.heatmap(test.activation, "activation rate")]
         parts.append(render.Flow(maps, [render.GAP]))
     return Group(*parts)
@@ -118,7 +143,7 @@ def _solve_one(model: TinyONN, task: data.Task, cfg: SolveConfig) -> Solution:
         return solve_task(model, task, cfg, on_progress)
 
 
-def _show_one(task: data.Task, solution: Solution, explain: bool) -> None:
+def _show_one(task: data.Task, solution: Solution, explain: bool, ranking: str) -> None:
     known = task.has_test_outputs
     out.print(render.task_view(task, show_answer=known, predictions=solution.attempts))
     out.print()
@@ -130,7 +155,7 @@ def _show_one(task: data.Task, solution: Solution, explain: bool) -> None:
         out.print(f"{verdict}  score {score.pass_at_2:.2f} ({solved}/{score.n_tests} tests)")
     if explain:
         out.print()
-        out.print(_explain(solution))
+        out.print(_explain(task, solution, ranking))
 
 
 def _task_line(
@@ -197,11 +222,12 @@ def solve(
     keep_background: BackgroundOpt = DEFAULT.augment.keep_background,
     sampler: SamplerOpt = DEFAULT.sampler,
     min_prob: MinProbOpt = DEFAULT.min_prob,
+    ranking: RankingOpt = DEFAULT.ranking,
     seed: SeedOpt = DEFAULT.seed,
     precision: PrecisionOpt = DEFAULT.precision,
     as_json: JsonOpt = False,
     out_file: OutFileOpt = None,
-    explain: Annotated[bool, typer.Option(help="Show attempt 1's per-cell confidence and SBL activation rate.")] = False,
+    explain: ExplainOpt = False,
     threads: ThreadsOpt = 0,
     device: DeviceOpt = "auto",
 ) -> None:
@@ -214,7 +240,7 @@ def solve(
         torch.set_num_threads(threads)
     cfg = solve_config(
         ttt_steps, ttt_seconds, ttt_optimizer, views, sampler, min_prob, seed, precision, ttt_params, task_code_init,
-        colours, dihedral, keep_background,
+        colours, dihedral, keep_background, ranking,
     )  # fmt: skip
     tasks = load_tasks(task)
     if explain and len(tasks) > 1:
@@ -239,4 +265,4 @@ def solve(
     if as_json:
         out.print_json(data=kaggle_json(submission))
     elif len(tasks) == 1:
-        _show_one(found, solution, explain)
+        _show_one(found, solution, explain, cfg.ranking)
