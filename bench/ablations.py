@@ -3,8 +3,10 @@
     python bench/ablations.py [--root runs/ablations] [--jobs 2] [--steps 2000] [--limit 20]        (make ablations)
 
 Every variant is trained by `onn-arc train` with the same budget (the in-context format, the `small` preset,
-`--steps` steps of 4096 padded tokens, seed 0, ARC-AGI-1 training split only), then scored by `onn-arc eval` on the
-first `--limit` tasks of the ARC-AGI-1 evaluation split with the default solve settings (test-time training on each task's demos, 6 views).
+`--steps` steps of 4096 padded tokens, seed 0, the 320 ARC-AGI-1 training tasks outside the dev set), then scored by
+`onn-arc eval` on the first `--limit` dev tasks (`arc1-dev`, never an evaluation split: recipes are chosen on the dev
+set alone) with the default solve settings (test-time training on each task's demos, 6 views). Until 2026-12-06 it
+trained on all of ARC-AGI-1 training and scored the first 20 `arc1-eval` tasks (the README's table, commit 22d6a91).
 Variants change one thing against `onn-gn`:
 
     onn-gn        Tiny-ONN (Sparse Bayesian Layers), Gauss-Newton preconditioned updates: the reference
@@ -52,7 +54,8 @@ console = Console(width=None if sys.stdout.isatty() else 150)  # the table's 11 
 def train(root: Path, name: str, steps: int) -> None:
     out = root / name
     resume = ["--resume"] if (out / "checkpoint").exists() else []
-    budget = ["--format", "context", "--size", "small", "--steps", str(steps), "--batch-tokens", "4096"]
+    budget = ["--format", "context", "--size", "small", "--source", "arc1-train-nodev", "--steps", str(steps)]
+    budget += ["--batch-tokens", "4096"]
     budget += ["--checkpoint-every", "200"]
     args = ["train", "--out", str(out), *budget, "--seed", "0", "--threads", "1", *TRAINED[name], *resume]
     onn_arc(args, root / f"{name}.train.log", console)
@@ -61,7 +64,7 @@ def train(root: Path, name: str, steps: int) -> None:
 def evaluate(root: Path, name: str, limit: int) -> None:
     trained, flags = SOLVED[name]
     args = [
-        "eval", "--split", "arc1-eval", "--limit", str(limit), "--checkpoint", str(root / trained / "checkpoint"),
+        "eval", "--split", "arc1-dev", "--limit", str(limit), "--checkpoint", str(root / trained / "checkpoint"),
         "--out", str(root / name / "eval"), "--threads", "1", *flags,
     ]  # fmt: skip
     onn_arc(args, root / f"{name}.eval.log", console)
@@ -94,7 +97,7 @@ def main() -> None:
         list(pool.map(lambda name: train(args.root, name, args.steps), TRAINED))
         list(pool.map(lambda name: evaluate(args.root, name, args.limit), SOLVED))
 
-    table = Table(title=f"ablations: small preset, {args.steps} steps × 4096 tokens; first {args.limit} arc1-eval tasks")
+    table = Table(title=f"ablations: small preset, {args.steps} steps × 4096 tokens; first {args.limit} arc1-dev tasks")
     columns = ["variant", "pass@2", "solved", "shape", "cells", "tf loss", "s/task", "train loss", "act", "tok/s", "train min"]
     for column in columns:
         table.add_column(column, justify="left" if column == "variant" else "right")
