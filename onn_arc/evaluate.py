@@ -139,10 +139,15 @@ def _shown(folder: Path) -> str:
     return str(folder.relative_to(here)) if folder.is_relative_to(here) else str(folder)
 
 
+# What a run that did not record a solve setting (it was added to SolveConfig since) did, where that differs from
+# today's default: the default changed after the setting was added (bench/colours.py, bench/rerank.py on arc1-dev).
+UNRECORDED = {"solve.augment.colour_scope": "all", "solve.ranking": "votes"}
+
+
 def _check_settings(path: Path, settings: dict[str, Any]) -> None:
     """Write settings.json, or refuse when the folder holds a run with other settings: other weights, precision or
-    solve settings. A solve setting the old run did not record (added to SolveConfig since) counts as its default,
-    the behaviour the old run had; where the run's checkpoint lives does not matter."""
+    solve settings. A solve setting the old run did not record (added to SolveConfig since) counts as what solving
+    did then (`UNRECORDED`, else its default); where the run's checkpoint lives does not matter."""
     if not path.exists():
         _write_json(path, settings)
         return
@@ -153,7 +158,7 @@ def _check_settings(path: Path, settings: dict[str, Any]) -> None:
     new = _flat(settings)
     defaults = _flat({"solve": SolveConfig().model_dump(mode="json")})
     for key in sorted((old.keys() | new.keys()) - {"checkpoint"}):
-        was = old.get(key, defaults.get(key))
+        was = old.get(key, UNRECORDED.get(key, defaults.get(key)))
         if was != new.get(key):
             raise ConfigError(
                 f"{path}: this folder holds a run with other settings ({key} was {was!r}, now "

@@ -16,7 +16,7 @@ from typer.testing import CliRunner
 import onn_arc.cli.eval  # noqa: F401  (registers the command)
 from onn_arc.checkpoint import TrainingData, load_checkpoint, save_checkpoint
 from onn_arc.cli.app import app
-from onn_arc.config import LossConfig, ModelConfig, OptimizerConfig, SolveConfig
+from onn_arc.config import AugmentConfig, LossConfig, ModelConfig, OptimizerConfig, SolveConfig
 from onn_arc.data import Task, load_source
 from onn_arc.errors import ConfigError, LeakageError
 from onn_arc import evaluate as evaluate_module
@@ -195,6 +195,21 @@ def test_a_run_from_before_a_new_solve_setting_still_resumes(checkpoint, tmp_pat
     median = CFG.model_copy(update={"loss": LossConfig(gate_form="median")})
     with pytest.raises(ConfigError, match=r"\(solve.loss.gate_form was 'softmax', now 'median'\)"):
         evaluate(checkpoint, TASKS, median, tmp_path)
+
+
+def test_a_run_from_before_a_default_changed_is_not_resumed_under_the_new_default(checkpoint, tmp_path):
+    """A run of 2026-12-04 recorded neither colour_scope nor ranking: it permuted every colour and ranked by votes,
+    not what today's defaults (input colours, poe) do."""
+    old = CFG.model_copy(update={"augment": AugmentConfig(colour_scope="all"), "ranking": "votes"})
+    evaluate(checkpoint, TASKS[:1], old, tmp_path)
+    settings = json.loads((tmp_path / "settings.json").read_text())
+    del settings["solve"]["augment"]["colour_scope"], settings["solve"]["ranking"]
+    (tmp_path / "settings.json").write_text(json.dumps(settings))
+    evaluate(checkpoint, TASKS[:1], old, tmp_path)  # what the old run did: resumed
+    with pytest.raises(ConfigError, match=r"\(solve.augment.colour_scope was 'all', now 'inputs'\)"):
+        evaluate(checkpoint, TASKS[:1], CFG.model_copy(update={"augment": AugmentConfig(colour_scope="inputs")}), tmp_path)
+    with pytest.raises(ConfigError, match=r"\(solve.ranking was 'votes', now 'poe'\)"):
+        evaluate(checkpoint, TASKS[:1], old.model_copy(update={"ranking": "poe"}), tmp_path)
 
 
 def test_settings_name_the_checkpoint_relative_to_the_working_directory_below_it(checkpoint, tmp_path, monkeypatch):

@@ -131,7 +131,7 @@ def test_solve_task_maps_every_view_back_before_voting(monkeypatch):
         return [candidate(WRONG, -0.01)] if view == 1 else [candidate(truth, -1.0)]
 
     monkeypatch.setattr(solve, "decode_views", per_prompt(stub))
-    solution = solve.solve_task(tiny_model(), stub_task(), SolveConfig(ttt_steps=0, views=4, seed=1))
+    solution = solve.solve_task(tiny_model(), stub_task(), SolveConfig(ttt_steps=0, views=4, seed=1, ranking="votes"))
     (answer,) = solution.tests
     assert answer.attempts[0] == TRUTH and answer.candidates[0].votes == 3
     assert answer.attempts[1] == solution.views[1].invert_grid(WRONG)
