@@ -25,7 +25,7 @@ test-all: $(STAMP)
 run: $(STAMP)
 	$(ONNARC) solve 6d75e8bb --threads 2
 
-# One stage of the long training of the default recipe (the pair format, base preset; the 320 ARC-AGI-1 training
+# One stage of the long training of the default recipe (base preset; the 320 ARC-AGI-1 training
 # tasks outside the dev set and the 233 ARC-AGI-2 training tasks in no ARC-AGI-1 split, as the README's chain):
 # STAGE_SECONDS of training into STAGE, from INIT's weights when given (a previous stage's checkpoint).
 # On a lent GPU: make train-stage DEVICE=cuda STAGE_SECONDS=540 INIT=checkpoints/default (the shipped stage of the chain). Then `make ship RUN=$(STAGE)`.
@@ -36,7 +36,7 @@ INIT ?=
 DEVICE ?= auto
 TRAIN_FLAGS ?=
 train-stage: $(STAMP)
-	$(ONNARC) train --out $(STAGE) --format pairs --size base --source arc1-train-nodev --source arc2-train-new --seconds $(STAGE_SECONDS) \
+	$(ONNARC) train --out $(STAGE) --size base --source arc1-train-nodev --source arc2-train-new --seconds $(STAGE_SECONDS) \
 		--steps 1000000 --checkpoint-every 200 --device $(DEVICE) $(if $(INIT),--init $(INIT)) $(TRAIN_FLAGS)
 
 # Ship a finished training run as the default checkpoint (weights, config, provenance; no optimizer state).

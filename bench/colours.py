@@ -1,8 +1,8 @@
 """Which augmentations may test-time training and the views use without changing what the task code means?
 
-In the pair format a task's rule lives only in its code. A colour permutation that moves a colour only the outputs
-bring ("fill the holes with yellow") gives one code contradictory targets; a permutation of the task's input colours
-among themselves (`--colours inputs`) keeps every output-only colour fixed. Each arm solves all 80 dev tasks with the
+A task's rule lives only in its code. A colour permutation that moves a colour only the outputs bring ("fill the
+holes with yellow") gives one code contradictory targets; a permutation of the task's input colours among themselves
+(`--colours inputs`) keeps every output-only colour fixed. Each arm solves all 80 dev tasks with the
 shipped checkpoint, only the solve settings changed, and the table splits every arm by whether a test output holds a
 colour absent from its test input ("new colour").
 

@@ -1,5 +1,5 @@
-"""Shared by the benches: teacher-forced scoring of test outputs (loss, cell accuracy, SBL activation rate), in
-either sequence format, and one training step as the trainer takes it."""
+"""Shared by the benches: teacher-forced scoring of test outputs (loss, cell accuracy, SBL activation rate), one
+training step as the trainer takes it, and running `onn-arc`."""
 
 import json
 import shlex
@@ -18,24 +18,21 @@ from onn_arc.data import Task, as_array
 from onn_arc.losses import activation_rate, loss_mask
 from onn_arc.model import TinyONN
 from onn_arc.solve import code_of
-from onn_arc.tokens import N_COLOURS, PAD, Batch, Sequence, batches, encode_pair, encode_task, only_test_output
-
-
-def test_output_sequence(task: Task, test_index: int, max_len: int, code: int | None = None) -> Sequence:
-    """A sequence whose targets are test pair `test_index`'s output (cells, row ends and the closing EOS).
-    Context format (`code` None): the task with that test pair last, the demos' outputs only context. Pair format:
-    the test pair alone with task code `code` (as `evaluate.teacher_forced_loss` scores it)."""
-    if code is not None:
-        return encode_pair(task.test[test_index], code, max_len=max_len)
-    return only_test_output(encode_task(task, test_index, max_len=max_len))
+from onn_arc.tokens import N_COLOURS, PAD, Batch, Sequence, batches, encode_pair, pair_room
 
 
 def test_sequence(model: TinyONN, task: Task, test_index: int) -> Sequence:
-    """Test pair `test_index` with its output as the only target, in the model's format: the whole task
-    (`test_output_sequence`), or the pair alone with the task's trained code (pairs: the model trained on the task's
-    demos, as in transductive solving)."""
-    code = code_of(model, task) if model.cfg.format == "pairs" else None
-    return test_output_sequence(task, test_index, model.cfg.max_len, code)
+    """Test pair `test_index`, its output the only target (cells, row ends and the closing EOS), with the task's
+    trained code (the model trained on the task's demos, as in transductive solving), as
+    `evaluate.teacher_forced_loss` scores it."""
+    return encode_pair(task.test[test_index], code_of(model, task), max_len=model.cfg.max_len)
+
+
+def small_task(task: Task, limit: int) -> bool:
+    """Whether every test pair, with every demo beside it, fits `limit` tokens in its longest orientation: the
+    whole task as the retired in-context format laid it out in one sequence (the benches' draws of small tasks)."""
+    demos = sum(pair_room(p) - 2 for p in task.train)  # a demo without the BOS and EOS of a pair of its own
+    return all(pair_room(p) + demos <= limit for p in task.test)
 
 
 def advance(run: train.Run) -> tuple[dict[str, float], Batch]:
@@ -65,7 +62,7 @@ class Scores:
 
 @torch.inference_mode()
 def score(model: TinyONN, seqs: list[Sequence], batch_tokens: int = 8192) -> Scores:
-    """Teacher-forced loss and cell accuracy of `seqs`' targets (see `test_output_sequence`), in one pass."""
+    """Teacher-forced loss and cell accuracy of `seqs`' targets (see `test_sequence`), in one pass."""
     layers = [layer for _, layer in model.routed_layers()]
     loss, right, rate = 0.0, 0, 0.0
     tokens = cells = valid_tokens = 0
@@ -100,7 +97,7 @@ def onn_arc(args: list[str], log: Path, console: Console) -> None:
 def train_pairs(
     out: Path, seconds: float, sources: list[str], flags: list[str], console: Console, size: str = "base"
 ) -> None:
-    """Train the pair format's `size` preset into `out` on `sources` for `seconds` of step-time with `flags`
+    """Train the `size` preset into `out` on `sources` for `seconds` of step-time with `flags`
     besides, checkpointing every 200 steps; resume it where a run was started before (its saved config has
     everything)."""
     log = out.with_name(f"{out.name}.train.log")
@@ -109,7 +106,7 @@ def train_pairs(
         return
     data = [flag for source in sources for flag in ("--source", source)]
     args = [
-        "train", "--out", str(out), "--format", "pairs", "--size", size, *data, "--seconds", str(seconds),
+        "train", "--out", str(out), "--size", size, *data, "--seconds", str(seconds),
         "--steps", "1000000", "--checkpoint-every", "200", *flags,
     ]  # fmt: skip
     onn_arc(args, log, console)

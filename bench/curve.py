@@ -1,4 +1,4 @@
-"""The training-length curve: what does more CPU time buy the shipped recipe? Trains the pair format in stages,
+"""The training-length curve: what does more CPU time buy the shipped recipe? Trains the model in stages,
 each stage starting from the previous one's weights (`onn-arc train --init`, a fresh optimizer and lr schedule),
 and scores every stage on dev tasks it never trained on.
 
@@ -8,8 +8,8 @@ and scores every stage on dev tasks it never trained on.
     python bench/curve.py --root runs/chain --init checkpoints/default --stages 9000 --source ...       # then stage 2, ...
 
 Data: training on `--source` (default `arc1-train-nodev`, the 320 ARC-AGI-1 training tasks outside the dev set),
-scoring on the first `--limit` tasks of `arc1-dev` (all 80 held out by default; the formats bench scores the first 20).
-Training: `onn-arc train`, pair format, base preset, `--stages` seconds of wall-clock each (the defaults end at 0.5,
+scoring on the first `--limit` tasks of `arc1-dev` (all 80 held out by default).
+Training: `onn-arc train`, base preset, `--stages` seconds of wall-clock each (the defaults end at 0.5,
 1, 2, 4 and 8 hours in all), all CPU threads, `--precision auto`, seed = stage number. The first stage starts from
 `--init`'s weights when given (stages are then numbered after its chain). Scoring: `onn-arc eval` with the default
 solve settings (test-time training, 6 views, greedy), two workers of one thread each.
@@ -59,7 +59,7 @@ def main() -> None:
     args.root.mkdir(parents=True, exist_ok=True)
 
     sources = " + ".join(args.source)
-    title = f"training-length curve: pair format, base preset, {sources}; first {args.limit} {DEV} tasks"
+    title = f"training-length curve: base preset, {sources}; first {args.limit} {DEV} tasks"
     table = Table(title=title)
     columns = ["stage", "hours", "steps", "train loss", "pass@2", "solved", "changed", "shape", "cells", "tuned loss"]
     for column in [*columns, "s/task"]:

@@ -2,11 +2,12 @@
 
     python bench/fit.py [--seconds 900 | --steps N] [--size base] [--optimizer gn]        (make bench-fit)
 
-Tasks: `--tasks` (50) ARC-AGI-1 training tasks, a seeded draw (`--seed`) among those whose every test pair encodes
-with all its demos in the model's context; their ids are printed. Training: the trainer itself (`train.prepare`,
-`Run.fit`) on those tasks only (demos and test outputs, each test pair last in turn), random augmentations on, until
-the budget (default 900 s per model), once for Tiny-ONN and once for the dense baseline of the same width and depth
-(same seed, data order and budget). Then, on the tasks as given (identity view), for both models:
+Tasks: `--tasks` (50) ARC-AGI-1 training tasks, a seeded draw (`--seed`) among those whose every test pair fits the
+model's context with all its demos beside it (`common.small_task`); their ids are printed. Training: the trainer
+itself (`train.prepare`, `Run.fit`) on those tasks only (demos and test pairs, each task with its code), random
+augmentations on, until the budget (default 900 s per model), once for Tiny-ONN and once for the dense baseline of
+the same width and depth (same seed, data order and budget). Then, on the tasks as given (identity view) under their
+trained codes, for both models:
 - teacher-forced cell accuracy of the test outputs (argmax colour given the true prefix; cells only, not row ends)
   and the loss per target token (cells, row ends, closer),
 - greedy exact match of the test outputs (`decode.greedy` from the test input's prompt),
@@ -23,7 +24,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from common import score, test_output_sequence  # bench/common.py, beside this script
+from common import score, small_task, test_sequence  # bench/common.py, beside this script
 from rich.console import Console
 from rich.table import Table
 
@@ -32,15 +33,15 @@ from onn_arc.config import ModelConfig, OptimizerConfig, TrainConfig
 from onn_arc.data import Grid, Task, load_split
 from onn_arc.decode import greedy
 from onn_arc.model import TinyONN
-from onn_arc.tokens import encode_task
+from onn_arc.solve import decode_prompt
 
 NEVER = 10**9  # a step count no run reaches: the other budget ends it
 DEFAULT_SECONDS = 900.0
 
 
 def fit_tasks(n: int, seed: int, max_len: int) -> list[Task]:
-    """The seeded draw of n tasks (kept in split order) among those whose every full test sequence fits `max_len`."""
-    fits = [t for t in load_split("arc1-train") if all(len(encode_task(t, i)) <= max_len for i in range(len(t.test)))]
+    """The seeded draw of n tasks (kept in split order) among the small ones (`small_task`) for `max_len`."""
+    fits = [t for t in load_split("arc1-train") if small_task(t, max_len)]
     if len(fits) < n:
         raise SystemExit(
             f"error: only {len(fits)} ARC-AGI-1 training tasks fit a context of {max_len} tokens, asked for {n}"
@@ -50,8 +51,9 @@ def fit_tasks(n: int, seed: int, max_len: int) -> list[Task]:
 
 def fit(cfg: TrainConfig, tasks: list[Task], folder: Path, log: Console) -> train.Run:
     """Train on `tasks` alone until the budget, reporting progress every ~10% of it on `log`."""
-    run = train.prepare(cfg, folder)
-    run.pool = [train.Example(t, i) for t in tasks for i in range(len(t.test))]
+    run = train.prepare(cfg, folder)  # every arc1-train task has its code
+    ids = {t.id for t in tasks}
+    run.pool = [ex for ex in run.pool if ex.task.id in ids]
     shown = [0.0]
 
     def progress(step: int, metrics: dict[str, float]) -> None:
@@ -69,7 +71,7 @@ def fit(cfg: TrainConfig, tasks: list[Task], folder: Path, log: Console) -> trai
 
 def predictions(model: TinyONN, tasks: list[Task]) -> list[Grid | None]:
     """The greedy output of every test pair, identity view (None when the context ran out before the grid ended)."""
-    prompts = [encode_task(t, i, max_len=model.cfg.max_len, answer=False) for t in tasks for i in range(len(t.test))]
+    prompts = [decode_prompt(model, t, i) for t in tasks for i in range(len(t.test))]
     return [next((c.grid for c in greedy(model, p)), None) for p in prompts]
 
 
@@ -105,13 +107,13 @@ def main(argv: list[str] | None = None) -> None:
     tasks = fit_tasks(args.tasks, args.seed, model_cfg.max_len)
     log.print(f"{len(tasks)} tasks: {' '.join(t.id for t in tasks)}", soft_wrap=True)
     truth = [p.output for t in tasks for p in t.test]
-    seqs = [test_output_sequence(t, i, model_cfg.max_len) for t in tasks for i in range(len(t.test))]
 
     rows = {}
     with tempfile.TemporaryDirectory() as tmp:
         for arch in ("onn", "dense"):
             cfg = TrainConfig(
                 model=model_cfg.model_copy(update={"arch": arch}),
+                sources=["arc1-train"],  # the pool is cut down to `tasks` (`fit`)
                 optimizer=OptimizerConfig(name=args.optimizer, lr=args.lr),
                 batch_tokens=args.batch_tokens,
                 steps=args.steps or NEVER,
@@ -121,6 +123,7 @@ def main(argv: list[str] | None = None) -> None:
             )
             run = fit(cfg, tasks, Path(tmp) / arch, log)
             preds = predictions(run.model, tasks)
+            seqs = [test_sequence(run.model, t, i) for t in tasks for i in range(len(t.test))]
             rows[arch] = {
                 "params": run.model.num_params(),
                 "steps": run.step,

@@ -3,14 +3,14 @@ without cache, and how much of a training batch is real tokens.
 
     python bench/model.py [--threads 2]        (make bench-model)
 
-Training: one ~1k-token real ARC-AGI-1 task per step, base preset, `--threads` threads, both archs timed interleaved in
+Training: one ~1k-token real ARC-AGI-1 pair per step, base preset, `--threads` threads, both archs timed interleaved in
 one process; a step is `forward_backward` (main loss, surprise, gate and KL losses; no optimizer), and plain
 model forward+backward is shown beside it. The speed ratio is the median of the paired per-round ratios. Where the CPU
 has bf16 instructions, `forward_backward` also runs under bf16 autocast in the same rounds (`bf16_speedup`, the median
 paired ratio; elsewhere the bench says so and reports fp32 only), and so do full training steps on the default
 training batches (8192 padded tokens, length-bucketed: `train_tok_s_fp32`, `train_tok_s_bf16` in real tokens/s and
 their paired ratio `bf16_speedup`).
-Decoding: a 30x30 test output (930 tokens) after a real task prompt, one token per step, feeding the true
+Decoding: a 30x30 test output (930 tokens) after its test input's prompt, one token per step, feeding the true
 answer (the cost does not depend on which token comes). Without a cache every step reruns the whole
 sequence; that is timed on evenly spaced steps and averaged (the mean step time over all steps).
 Shared machines are noisy: every number is a median over rounds. Ends with one `RESULT key=value ...` line.
@@ -33,7 +33,7 @@ from onn_arc.data import load_split
 from onn_arc.losses import forward_backward
 from onn_arc.model import KVCache, TinyONN
 from onn_arc.precision import autocast, resolve
-from onn_arc.tokens import PAD, Batch, collate, encode_task, grid_length
+from onn_arc.tokens import PAD, Batch, collate, encode_pair, grid_length
 
 TRAIN_ROUNDS = 15  # interleaved training steps per arch (after one warm-up round)
 DECODE_ROUNDS = 3  # interleaved decode runs per arch
@@ -51,11 +51,11 @@ def timed(fn: Callable[[], object]) -> float:
 
 
 def window(b: Batch, start: int, end: int) -> Batch:
-    return Batch(*(x[:, start:end] for x in (b.tokens, b.rows, b.cols, b.pos, b.targets)))
+    return Batch(*(x[:, start:end] for x in (b.tokens, b.rows, b.cols, b.pos, b.targets)), b.task)
 
 
 def run(model: TinyONN, b: Batch, cache: KVCache | None = None) -> torch.Tensor:
-    return model(b.tokens, b.rows, b.cols, b.pos, cache)
+    return model(b.tokens, b.rows, b.cols, b.pos, cache, b.task)
 
 
 def model_step(model: TinyONN, batch: Batch) -> None:
@@ -68,10 +68,9 @@ def loss_step(model: TinyONN, batch: Batch, rates: list[float], precision: str =
     model.zero_grad(set_to_none=True)
 
 
-def training_batches(n: int) -> list[Batch]:
-    """The first `n` steps' training batches at the default settings (arc1-train, 8192 tokens, length-bucketed)."""
+def training_batches(pool: list[train.PairExample], n: int) -> list[Batch]:
+    """The first `n` steps' training batches at the default settings (8192 tokens, length-bucketed) from `pool`."""
     cfg = TrainConfig()
-    pool, _ = train.build_pool(cfg.sources, cfg.demo_sources)
     rngs = (train.step_generators(cfg.seed, step, 0, torch.device("cpu"))[0] for step in range(n))
     return [train.sample_batch(pool, rng, cfg.batch_tokens, cfg.model.max_len, cfg.augment) for rng in rngs]
 
@@ -133,16 +132,18 @@ def main() -> None:
     console = Console()
     load_before = os.getloadavg()[0]
     tasks = load_split("arc1-train")
-    train_seqs = [s for s in (encode_task(t) for t in tasks) if SEQ_LEN[0] <= len(s) <= SEQ_LEN[1]][:6]
+    pairs = [p for t in tasks for p in (*t.train, *t.test)]
+    train_seqs = [s for s in map(encode_pair, pairs) if SEQ_LEN[0] <= len(s) <= SEQ_LEN[1]][:6]  # task code 0
     decode_task = next(t for t in tasks if grid_length(t.test[0].output) == OUTPUT_LEN)
-    cfg = ModelConfig.preset("base")
+    pool, _ = train.build_pool(TrainConfig().sources, [])  # arc1-train, a code per task
+    cfg = ModelConfig.preset("base", task_ids=train.pool_task_ids(pool))
     models = {arch: TinyONN(cfg.model_copy(update={"arch": arch})) for arch in ("onn", "dense")}
 
     # training: interleaved rounds, one sequence per step
     batches = [collate([s]) for s in train_seqs]
     bf16 = resolve("auto", "cpu") == "bf16"  # measured only where this CPU has bf16 instructions
     kinds = ("model", "loss", "loss_bf16") if bf16 else ("model", "loss")
-    train: dict[tuple[str, str], list[float]] = {(arch, kind): [] for arch in models for kind in kinds}
+    speed: dict[tuple[str, str], list[float]] = {(arch, kind): [] for arch in models for kind in kinds}
     rates: dict[str, list[float]] = {arch: [] for arch in models}
     for r in range(TRAIN_ROUNDS + 1):
         batch = batches[r % len(batches)]
@@ -156,14 +157,14 @@ def main() -> None:
                 step = steps[kind]
                 seconds = timed(step)
                 if r:  # round 0 warms up
-                    train[arch, kind].append(batch.n_tokens / seconds)
-    tok_s = {key: statistics.median(v) for key, v in train.items()}
-    ratio = {kind: statistics.median(o / d for o, d in zip(train["onn", kind], train["dense", kind])) for kind in kinds}
+                    speed[arch, kind].append(batch.n_tokens / seconds)
+    tok_s = {key: statistics.median(v) for key, v in speed.items()}
+    ratio = {kind: statistics.median(o / d for o, d in zip(speed["onn", kind], speed["dense", kind])) for kind in kinds}
     if bf16:
-        speedup = {a: statistics.median(b / f for b, f in zip(train[a, "loss_bf16"], train[a, "loss"])) for a in models}
+        speedup = {a: statistics.median(b / f for b, f in zip(speed[a, "loss_bf16"], speed[a, "loss"])) for a in models}
 
-    # decoding: a 30x30 output after the task's prompt (demos dropped by the context policy as needed)
-    seq = collate([encode_task(decode_task, max_len=cfg.max_len)])
+    # decoding: a 30x30 output after its test input's prompt
+    seq = collate([encode_pair(decode_task.test[0])])
     prompt_len = seq.tokens.shape[1] - OUTPUT_LEN - 1  # the output grid and EOS follow the prompt
     decode: dict[tuple[str, str], list[float]] = {(arch, kind): [] for arch in models for kind in ("cached", "full")}
     with torch.no_grad():
@@ -177,7 +178,7 @@ def main() -> None:
                     decode.setdefault(("onn", "cached_bf16"), []).append(decode_cached(models["onn"], seq, prompt_len))
     dec = {key: statistics.median(v) for key, v in decode.items()}
 
-    sampled = training_batches(200)
+    sampled = training_batches(pool, 200)
     fraction = sum(map(real_tokens, sampled)) / sum(b.n_tokens for b in sampled)
     packed = packed_attention_ratio("bf16" if bf16 else "fp32")
     if bf16:

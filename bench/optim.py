@@ -1,8 +1,8 @@
 """Gauss-Newton vs AdamW vs Muon at equal wall-clock, over seeds: held-out loss over time, time- and steps-to-target,
 where GN's edge comes from (step time vs progress per step, GN's time split).
 
-    python bench/optim.py [--seconds 120] [--seeds 3] [--threads 2] [--precision auto] [--format context|pairs]
-        [--size small] [--arch onn] [--lrs 1e-3 3e-3 1e-2] [--muon-lrs ...] [--batch-tokens 4096]
+    python bench/optim.py [--seconds 120] [--seeds 3] [--threads 2] [--precision auto] [--size small] [--arch onn]
+        [--lrs 1e-3 3e-3 1e-2] [--muon-lrs ...] [--batch-tokens 4096]
         [--curvature-every 10] [--precondition-every 50] [--damping 0.1] [--arms adamw gn muon gn_fp32]
                                                                                              (make bench-optim)
 
@@ -15,11 +15,12 @@ runs fewer (AdamW and GN always run; a sweep of GN's settings needs neither Muon
 damping (OptimizerConfig), for sweeps by hand.
 
 Data: the trainer's own pieces (`train.prepare`, `sample_batch`, `lr_factor`, `train_step`) on `arc1-train-nodev`
-(320 ARC-AGI-1 training tasks); held out: `--held-out` tasks of `arc1-dev` (a fixed seeded draw among those whose
-every test pair fits 1024 tokens; context format: with all its demos). `--format pairs`: the pair format, trained
-with arc1-dev's demos as a demo source (never its test outputs) so the held-out tasks have trained task codes; their
-test pairs are scored with those codes (transductive). Held-out loss: the teacher-forced loss of the held-out test
-outputs (cells, row ends, closer; fp32) under the identity view and `--views - 1` fixed random augmentations.
+(320 ARC-AGI-1 training tasks) and arc1-dev's demos as a demo source (never its test outputs), so the held-out tasks
+have trained task codes; held out: `--held-out` tasks of `arc1-dev` (a fixed seeded draw among those whose every
+test pair fits 1024 tokens), their test pairs scored with those codes (transductive). Held-out loss: the
+teacher-forced loss of the held-out test outputs (cells, row ends, closer; fp32) under the identity view and
+`--views - 1` fixed random augmentations. (Until the in-context format was retired, after commit 841b775, the bench
+trained that format by default, without arc1-dev's demos; `--format pairs` chose this.)
 
 Seeds: seed s (0 .. `--seeds` - 1) sets the initial weights and the data order, the same for every arm: step k of
 every seed-s run draws its batch from `train.step_generators(s, k)`. Tuning: every arm gets every lr of its grid
@@ -51,7 +52,7 @@ from unittest import mock
 
 import numpy as np
 import torch
-from common import score, test_output_sequence  # bench/common.py, beside this script
+from common import score, test_sequence  # bench/common.py, beside this script
 from pydantic import ValidationError
 from rich.console import Console
 from rich.table import Table
@@ -62,11 +63,10 @@ from onn_arc.config import ModelConfig, OptimizerConfig, TrainConfig, one_line
 from onn_arc.data import Task, load_split
 from onn_arc.optim import GaussNewton, gauss_newton
 from onn_arc.precision import resolve
-from onn_arc.solve import code_of
-from onn_arc.tokens import Sequence, encode_pair, encode_task
+from onn_arc.tokens import Sequence, encode_pair
 
 TRAIN_SOURCE, DEV = "arc1-train-nodev", "arc1-dev"
-HELD_OUT_MAX_TOKENS = 1024  # held-out candidates: every test pair (context: with all demos) fits in this many tokens
+HELD_OUT_MAX_TOKENS = 1024  # held-out candidates: every test pair fits in this many tokens
 HELD_OUT_SEED = 0  # the held-out draw and views, the same for every seed
 NEVER = 10**9  # a step budget no run reaches: the wall-clock budget ends every run
 EIGH = gauss_newton.psd_eigh
@@ -158,14 +158,9 @@ def advance(t: Trial) -> None:
     run.elapsed += time.perf_counter() - started
 
 
-def held_out_tasks(n: int, fmt: str) -> list[Task]:
-    """A fixed seeded draw of `n` arc1-dev tasks whose every test pair fits HELD_OUT_MAX_TOKENS in format `fmt`."""
-
-    def fits(task: Task, i: int) -> bool:
-        seq = encode_pair(task.test[i]) if fmt == "pairs" else encode_task(task, i)
-        return len(seq) <= HELD_OUT_MAX_TOKENS
-
-    candidates = [t for t in load_split(DEV) if all(fits(t, i) for i in range(len(t.test)))]
+def held_out_tasks(n: int) -> list[Task]:
+    """A fixed seeded draw of `n` arc1-dev tasks whose every test pair fits HELD_OUT_MAX_TOKENS."""
+    candidates = [t for t in load_split(DEV) if all(len(encode_pair(p)) <= HELD_OUT_MAX_TOKENS for p in t.test)]
     if n > len(candidates):
         raise SystemExit(f"--held-out {n}: only {len(candidates)} {DEV} tasks fit {HELD_OUT_MAX_TOKENS} tokens")
     rng = np.random.default_rng(HELD_OUT_SEED)
@@ -173,16 +168,14 @@ def held_out_tasks(n: int, fmt: str) -> list[Task]:
 
 
 def held_out_sequences(tasks: list[Task], views: int, model: torch.nn.Module) -> list[Sequence]:
-    """The held-out test outputs under the identity and `views - 1` random views (pairs: with each task's code)."""
+    """The held-out test outputs under the identity and `views - 1` random views, with each task's code."""
     rng = np.random.default_rng(HELD_OUT_SEED)
-    pairs, max_len = model.cfg.format == "pairs", model.cfg.max_len
     seqs = []
     for task in tasks:
-        code = code_of(model, task) if pairs else None
         augs = [Augmentation.identity(len(task.train))] + [
             Augmentation.random(rng, len(task.train)) for _ in range(views - 1)
         ]
-        seqs += [test_output_sequence(a.apply(task), i, max_len, code) for a in augs for i in range(len(task.test))]
+        seqs += [test_sequence(model, a.apply(task), i) for a in augs for i in range(len(task.test))]
     return seqs
 
 
@@ -241,7 +234,6 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--seeds", type=int, default=3, help="seeds 0..N-1 (initial weights and data order)")
     p.add_argument("--size", default="small", help="model preset")
     p.add_argument("--arch", default="onn", choices=["onn", "dense"])
-    p.add_argument("--format", default="context", choices=["context", "pairs"])
     p.add_argument("--lrs", type=float, nargs="+", default=[1e-3, 3e-3, 1e-2], help="lr grid of AdamW and GN")
     p.add_argument("--muon-lrs", type=float, nargs="+", help="Muon's lr grid (AdamW's scale); default: --lrs")
     p.add_argument("--batch-tokens", type=int, default=4096)
@@ -280,8 +272,7 @@ def run_trials(args: argparse.Namespace, log: Console) -> tuple[list[Trial], lis
     if precision == "bf16" and "gn_fp32" in args.arms:
         arms["gn_fp32"] = ("gn", "fp32")
     clocks = {arm: Clock() for arm in arms}
-    model_cfg = ModelConfig.preset(args.size, arch=args.arch, format=args.format)
-    demo_sources = [DEV] if args.format == "pairs" else []  # the held-out tasks' codes, from their demos
+    model_cfg = ModelConfig.preset(args.size, arch=args.arch)
     trials = []
     with tempfile.TemporaryDirectory() as tmp:
         for seed in range(args.seeds):
@@ -292,14 +283,14 @@ def run_trials(args: argparse.Namespace, log: Console) -> tuple[list[Trial], lis
                         precondition_every=args.precondition_every, damping=args.damping,
                     )  # fmt: skip
                     cfg = TrainConfig(
-                        model=model_cfg, optimizer=opt_cfg, sources=[TRAIN_SOURCE], demo_sources=demo_sources,
+                        model=model_cfg, optimizer=opt_cfg, sources=[TRAIN_SOURCE], demo_sources=[DEV],
                         batch_tokens=args.batch_tokens, steps=NEVER, seconds=args.seconds, seed=seed,
                         precision=arm_precision,
                     )  # fmt: skip
                     run = train.prepare(cfg, Path(tmp) / f"{arm}-{lr}-{seed}")  # one seed: the same initial weights
                     instrument(run, clocks[arm])
                     trials.append(Trial(arm, lr, seed, run, clocks[arm]))
-        tasks = held_out_tasks(args.held_out, args.format)
+        tasks = held_out_tasks(args.held_out)
         seqs = held_out_sequences(tasks, args.views, trials[0].run.model)  # every run has the same task codes
         for t in trials:
             t.curve.append((0, 0.0, score(t.run.model, seqs).loss))
@@ -353,7 +344,7 @@ def main(argv: list[str] | None = None) -> None:
             grid.add_row(LABELS[arm], f"{lr:g}", f"{median([t.final for t in runs]):.4f}{mark}", *finals, f"{steps:g}")
     out.print(grid)
 
-    curves = Table(title=f"held-out loss over time, median over seeds ({args.size} {args.arch} {args.format})")
+    curves = Table(title=f"held-out loss over time, median over seeds ({args.size} {args.arch})")
     for col in ("time s", *(LABELS[arm] for arm in arms), "GN / AdamW"):
         curves.add_column(col, justify="right")
     points = min(len(t.curve) for runs in best.values() for t in runs.values())
@@ -434,7 +425,6 @@ def main(argv: list[str] | None = None) -> None:
         "seeds": args.seeds,
         "threads": args.threads,
         "precision": resolve(args.precision, "cpu"),
-        "format": args.format,
         "seconds": args.seconds,
         "size": args.size,
         "arch": args.arch,

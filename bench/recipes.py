@@ -1,6 +1,6 @@
 """Training recipes at equal CPU: does a recipe learn rules that transfer to tasks it never trained on?
 
-Each arm trains the pair format from scratch on the same data (`--source`, default the 553 tasks the shipped chain
+Each arm trains a model from scratch on the same data (`--source`, default the 553 tasks the shipped chain
 trains on) for the same wall-clock step-time (`--seconds`), seed 0, `train`'s default optimizer and precision, then
 solves all 80 dev tasks (drawn from ARC-AGI-1 training, never trained on) with the default solve settings, two workers
 of one thread each. The table splits every arm by whether a test output holds a colour absent from its test input.
@@ -8,7 +8,7 @@ of one thread each. The table splits every arm by whether a test output holds a 
     python bench/recipes.py [--root runs/recipes] [--seconds 7200] [--arms base copies-8 copies-32]   (make bench-recipes)
     python bench/recipes.py --root runs/shape --seconds 3600 --common "--copies 8" --arms base deep looped wide regularised dense
 
-Arms (train flags beside `--format pairs --size base` and `--common`):
+Arms (train flags beside `--size base` and `--common`):
 - base: one code per task, every pair drawn with a fresh random rotation/reflection and colour permutation (the
   shipped recipe);
 - inputs: the same, colours permuted only among each task's input colours (`--colours inputs`);

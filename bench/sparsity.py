@@ -1,7 +1,7 @@
 """Does dynamic sparsity emerge? The design notes' prediction, gate-loss forms that can move the firing level, what
 the sparsity would save, and whether routes mean something.
 
-    python bench/sparsity.py [--format pairs] [--seconds 600] [--fit-seconds 600] [--size small] [--precision auto]
+    python bench/sparsity.py [--seconds 600] [--fit-seconds 600] [--size small] [--precision auto]
     (make bench-sparsity)
 
 Variants (`--variants`; each trains the same preset from the same seed with the trainer's pieces, `train.prepare`
@@ -15,14 +15,14 @@ and `common.advance`, which is `Run.fit`'s step):
 
 1. Capacity-redundant regime (the notes: "near-dense while capacity is insufficient; sparsity emerges only when
    capacity is redundant"): each Tiny-ONN variant trains on `--fit-tasks` ARC-AGI-1 training tasks only (a seeded
-   draw from `arc1-train-nodev` among those whose every test pair fits FIT_MAX_TOKENS with all demos; augmented as
+   draw from `arc1-train-nodev` among the small ones, `common.small_task` for FIT_MAX_TOKENS; augmented as
    in training) until the mean main loss of its last 10 steps is below `--fit-loss` or `--fit-seconds` run out. The
    training batches' activation rate per layer is logged over steps; the final rate per layer is measured on the
    tasks' test outputs (identity view): `activation_rate_fit` is the default recipe's (softmax: gate + KL on),
    `activation_rate_fit_off` the one without gate and KL.
 2. Equal CPU time: every variant trains `--seconds` on `arc1-train-nodev` and the demos of `arc1-dev` (never its
-   test outputs; in the pair format the dev tasks thus have trained codes), then is scored teacher-forced on the test
-   outputs of `--dev-tasks` arc1-dev tasks (the first that fit the context with all demos; identity view):
+   test outputs; the dev tasks thus have trained codes), then is scored teacher-forced on the test outputs of
+   `--dev-tasks` arc1-dev tasks (the first small ones for the context, `common.small_task`; identity view):
    `tf_loss_<variant>` per target token, cell accuracy, changed-cell accuracy (argmax on the output cells that
    differ from the input, same-shape tests; copying the input scores 0) and activation rate: the Pareto front.
 3. What the sparsity would save: the fraction of an SBL's value multiply-adds (x @ mu.T, d_in per unit and token)
@@ -50,7 +50,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from common import advance, score, test_sequence  # bench/common.py, beside this script
+from common import advance, score, small_task, test_sequence  # bench/common.py, beside this script
 from rich.console import Console
 from rich.table import Table
 
@@ -61,7 +61,7 @@ from onn_arc.data import Task, as_array, load_split
 from onn_arc.losses import loss_mask
 from onn_arc.model import TinyONN
 from onn_arc.precision import resolve
-from onn_arc.tokens import N_COLOURS, PAD, Sequence, collate, task_room
+from onn_arc.tokens import N_COLOURS, PAD, Sequence, collate
 
 VARIANTS: dict[str, tuple[str, LossConfig]] = {  # name: (arch, losses); the module docstring says what each is
     "dense": ("dense", LossConfig()),
@@ -71,7 +71,7 @@ VARIANTS: dict[str, tuple[str, LossConfig]] = {  # name: (arch, losses); the mod
     "median_w1": ("onn", LossConfig(gate_form="median", gate_weight=1.0)),
 }
 DEFAULT = "softmax"  # today's recipe
-FIT_MAX_TOKENS = 1024  # fit tasks: every test pair encodes with all demos in this many tokens
+FIT_MAX_TOKENS = 1024  # fit tasks: small for this many tokens (`common.small_task`)
 NEVER = 10**9  # a step budget no run reaches: the wall-clock budget ends every run
 Firing = dict[str, torch.Tensor]  # SBL name -> (T, d_out) bool: which units fire on each token of one sequence
 
@@ -83,7 +83,7 @@ def make_run(args: argparse.Namespace, variant: str, seconds: float, folder: Pat
     """A run of `variant` on arc1-train-nodev (demos and test outputs) and arc1-dev's demos, `seconds` of budget."""
     arch, loss = VARIANTS[variant]
     cfg = TrainConfig(
-        model=ModelConfig.preset(args.size, arch=arch, format=args.format),
+        model=ModelConfig.preset(args.size, arch=arch),
         loss=loss,
         optimizer=OptimizerConfig(name=args.optimizer, lr=args.lr),
         sources=["arc1-train-nodev"],
@@ -196,16 +196,11 @@ def changed_cells(logits: torch.Tensor, seq: Sequence, task: Task, test_index: i
     return int((pred == torch.from_numpy(out.ravel()))[changed].sum()), int(changed.sum())
 
 
-def fits_tokens(task: Task, limit: int) -> bool:
-    return all(task_room(task, i) <= limit for i in range(len(task.test)))
-
-
 # ---------------------------------------------------------------- the bench
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--format", default="pairs", choices=["context", "pairs"])
     p.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
     p.add_argument("--seconds", type=float, default=600.0, help="training seconds per variant, equal-time part")
     p.add_argument("--fit-seconds", type=float, default=600.0, help="training budget per variant, fit part")
@@ -243,11 +238,11 @@ def main(argv: list[str] | None = None) -> None:
     load_before = os.getloadavg()[0]
     max_len = ModelConfig.preset(args.size).max_len
     limit = min(FIT_MAX_TOKENS, max_len)
-    candidates = [t for t in load_split("arc1-train-nodev") if fits_tokens(t, limit)]
+    candidates = [t for t in load_split("arc1-train-nodev") if small_task(t, limit)]
     rng = np.random.default_rng(args.seed)
     fit_tasks = [candidates[i] for i in sorted(rng.choice(len(candidates), args.fit_tasks, replace=False))]
     fit_ids = {t.id for t in fit_tasks}
-    dev_tasks = [t for t in load_split("arc1-dev") if fits_tokens(t, max_len)][: args.dev_tasks]
+    dev_tasks = [t for t in load_split("arc1-dev") if small_task(t, max_len)][: args.dev_tasks]
     log.print(f"fit tasks: {' '.join(sorted(fit_ids))}; dev tasks: {' '.join(t.id for t in dev_tasks)}", soft_wrap=True)
     onn_variants = [v for v in args.variants if VARIANTS[v][0] == "onn"]
 
@@ -287,7 +282,7 @@ def main(argv: list[str] | None = None) -> None:
             }  # fmt: skip
 
     precision = resolve(args.precision, "cpu")
-    where = f"{args.size}, {args.format} format, {precision}, {args.threads} threads"
+    where = f"{args.size}, {precision}, {args.threads} threads"
     names = list(fit[DEFAULT]["per_layer"])
     over = Table(title=f"1. fitting {len(fit_tasks)} tasks: training batches' activation rate per SBL ({where})")
     for col in ("variant", "step", "seconds", "loss", *map(short, names)):
@@ -343,7 +338,6 @@ def main(argv: list[str] | None = None) -> None:
         "seconds": args.seconds,
         "fit_seconds": args.fit_seconds,
         "size": args.size,
-        "format": args.format,
         "precision": precision,
         "threads": args.threads,
     }

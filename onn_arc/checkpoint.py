@@ -18,6 +18,11 @@ Training stages: a model can be trained in stages (`onn-arc train --init CHECKPO
 checkpoint's weights). Every checkpoint lists its stages, oldest first, each with its own data, command lines,
 counts and seconds; its `data` is their union, so the leakage rule covers every stage. Format 1 had no stages:
 it reads as one stage made from what it records.
+
+Sequence formats: formats 1 and 2 name the model's sequence format (`model.format`, "context" when absent) and the
+format comparison's switches (`task_codes`, `planes`). A pair-format model with both switches on reads as today's
+model (format 3 knows the pair format alone and names none of them); anything else is refused, naming the last
+commit that reads it (`LAST_CONTEXT_COMMIT`).
 """
 
 import hashlib
@@ -42,8 +47,10 @@ from onn_arc.data import Task
 from onn_arc.errors import CheckpointError, ConfigError
 from onn_arc.model import TinyONN
 
-FORMAT_VERSION = 2  # 2 added `stages`
-READABLE_FORMATS = (1, 2)
+FORMAT_VERSION = 3  # 2 added `stages`; 3 dropped the model's `format`, `task_codes` and `planes` (the pair format only)
+READABLE_FORMATS = (1, 2, 3)
+LAST_CONTEXT_COMMIT = "841b775"  # the last onn-arc that reads the in-context format and the format ablations
+PAIR_FORMAT = {"format": "pairs", "task_codes": True, "planes": True}  # today's model, as formats 1 and 2 name it
 MODEL_FILE = "model.safetensors"
 META_FILE = "checkpoint.json"
 STATE_FILE = "train_state.safetensors"
@@ -165,7 +172,7 @@ class CheckpointMeta(BaseModel):
     def demos_trained(self, tasks: Iterable[Task], source: str | None = None) -> list[str]:
         """Ids of `tasks` whose demos the model trained on (solving them is transductive), in the order given: all of
         them when `source`, the name they were loaded from, is one of its training sources (every source gives its
-        demos), else those with a task code (pair format; ids are shared across ARC versions, as in `leaks_into`)."""
+        demos), else those with a task code (ids are shared across ARC versions, as in `leaks_into`)."""
         if source is not None and source in self.data.sources:
             return [task.id for task in tasks]
         coded = self.model.coded_tasks
@@ -357,6 +364,8 @@ def _read_meta(folder: Path) -> CheckpointMeta:
             f"(written by onn-arc {raw.get('onn_arc_version', '?')}); "
             f"this onn-arc {__version__} reads versions {', '.join(map(str, READABLE_FORMATS))}"
         )
+    if raw["format_version"] < 3:
+        raw = _pair_format_only(folder, raw)
     try:
         if raw["format_version"] == 1:  # no stages yet: all its training reads as one stage, known by what it records
             raw = raw | {"stages": [{"saved": raw.get("created"), "data": raw.get("data"), "steps": raw.get("step")}]}
@@ -365,6 +374,30 @@ def _read_meta(folder: Path) -> CheckpointMeta:
         raise CheckpointError(one_line(e, f"{folder}: {META_FILE}")) from None
     except ConfigError as e:
         raise CheckpointError(f"{folder}: {META_FILE}: model: {e}") from None
+
+
+def _pair_format_only(folder: Path, raw: dict[str, Any]) -> dict[str, Any]:
+    """A format 1 or 2 checkpoint.json without the fields that chose the sequence format, in its model config and in
+    the training config a --resume starts from; CheckpointError when they choose anything but the pair format."""
+    model = raw.get("model")
+    if not isinstance(model, dict):
+        return raw  # validation names what is wrong
+    for field, value in PAIR_FORMAT.items():
+        found = model.get(field, "context" if field == "format" else value)  # absent before the pair format
+        if found != value:
+            raise CheckpointError(
+                f"{folder}: model.{field}={found!r}: the in-context format and the format ablations were retired; "
+                f"commit {LAST_CONTEXT_COMMIT} is the last onn-arc that reads this checkpoint"
+            )
+    raw = raw | {"model": _without_format(model)}
+    train = raw.get("train_config")
+    if isinstance(train, dict) and isinstance(train.get("model"), dict):
+        raw["train_config"] = train | {"model": _without_format(train["model"])}
+    return raw
+
+
+def _without_format(config: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in config.items() if k not in PAIR_FORMAT}
 
 
 def _check_tensors(folder: Path, expected: dict[str, torch.Tensor], found: dict[str, torch.Tensor]) -> None:

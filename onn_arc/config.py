@@ -14,8 +14,8 @@ from onn_arc.precision import Precision
 
 
 COPY_MARK = "#"  # a copy's code key: task id, COPY_MARK, the copy's augmentation (`code_key`)
-CodeInit = Literal["mean", "zero"]  # pairs: a new task's code starts at the trained codes' mean, or at zero
-TttParams = Literal["all", "code"]  # pairs: test-time training updates every weight, or the task code alone
+CodeInit = Literal["mean", "zero"]  # a new task's code starts at the trained codes' mean, or at zero
+TttParams = Literal["all", "code"]  # test-time training updates every weight, or the task code alone
 GateForm = Literal["softmax", "median"]  # the SML gate loss's form (losses.py): over units, or per unit
 ColourScope = Literal["all", "inputs"]  # a colour permutation moves every colour, or the task's input colours only
 Ranking = Literal["votes", "poe"]  # solving: candidates ranked by votes, or by their score summed over the views
@@ -44,30 +44,21 @@ class ModelConfig(BaseModel):
     ffn_mult: int = Field(gt=0)  # MoIE hidden width = ffn_mult * d_model
     max_len: int = Field(gt=0)  # context length in tokens (and KV-cache capacity)
     vocab_size: int = Field(default=tokens.VOCAB_SIZE, ge=tokens.VOCAB_SIZE)  # token ids 0..vocab_size-1
-    format: tokens.Format = "context"  # demos in context, or one sequence per pair with a learned task code (§3b)
-    task_ids: tuple[str, ...] = ()  # pairs: the task of each row of the task-code table (its size is their number)
-    task_codes: bool = True  # pairs: add the task's code to every token (False: the ablation without codes)
-    planes: bool = True  # pairs: rotary over the plane too (False: (row, column) only, the 2-D ablation)
-    copies: int = Field(default=0, ge=0)  # pairs: 0, one code per task, whatever augmentation a pair shows; K, one code
+    task_ids: tuple[str, ...] = ()  # the task of each row of the task-code table (its size is their number)
+    copies: int = Field(default=0, ge=0)  # 0, one code per task, whatever augmentation a pair shows; K, one code
     # per augmented copy of a task (K fixed copies per task in training, one per view at solve time; train.copies_of),
     # each row of task_ids then a `code_key` naming the task and the copy's augmentation
     dropout: float = Field(default=0.0, ge=0, lt=1)  # training only: dropout on the embeddings and residual branches
 
     @model_validator(mode="after")
     def _head_dim(self) -> "ModelConfig":
-        # rotary positions split each head's pairs of dims over the sequence (or plane), row and column
+        # rotary positions split each head's pairs of dims over the plane, row and column
         if self.d_model % self.n_heads or (self.d_model // self.n_heads) % 8:
             raise ValueError(
                 f"d_model={self.d_model} / n_heads={self.n_heads} must give a head dim that is a multiple of 8"
             )
-        if self.task_ids and self.format != "pairs":
-            raise ValueError(f"task_ids: task codes are for format='pairs', not '{self.format}'")
         if len(set(self.task_ids)) != len(self.task_ids):
             raise ValueError("task_ids: a task id appears twice")
-        if self.copies and not (self.format == "pairs" and self.task_codes):
-            raise ValueError("copies: codes per augmented copy need format='pairs' with task codes")
-        if self.format != "pairs" and not (self.task_codes and self.planes):
-            raise ValueError(f"task_codes and planes are switches of format='pairs', not '{self.format}'")
         return self
 
     @property
@@ -160,22 +151,19 @@ class OptimizerConfig(BaseModel):
         return data
 
 
-TRAIN_FORMAT: tokens.Format = "pairs"  # what training uses when the model names no format: bench/formats.py's winner
-
-
 class TrainConfig(BaseModel):
     """Everything a training run needs; saved in every checkpoint it writes."""
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    model: ModelConfig = Field(default_factory=lambda: ModelConfig.preset("base", format=TRAIN_FORMAT))
+    model: ModelConfig = Field(default_factory=lambda: ModelConfig.preset("base"))
     loss: LossConfig = LossConfig()
     optimizer: OptimizerConfig = OptimizerConfig(name="muon")  # bench/optim.py on the shipped recipe: Muon
     # reached AdamW's held-out loss in 0.75x the time, GN not at all (README: Optimizer); 1e-2 was Muon's best lr
     augment: AugmentConfig = AugmentConfig()
     sources: list[str] = ["arc1-train"]  # data sources trained on, demos and test outputs
-    demo_sources: list[str] = []  # sources of which only demos are used (leave-one-out pseudo-tasks)
-    input_loss: bool = False  # pairs format: the loss on input grids too, and demo-only sources' test inputs
+    demo_sources: list[str] = []  # sources of which only demos are used (never their test outputs)
+    input_loss: bool = False  # the loss on input grids too, and demo-only sources' test inputs
     batch_tokens: int = Field(default=8192, gt=0)  # padded tokens per step (per rank)
     precision: Precision = "auto"  # bf16 autocast where the hardware runs it fast, else fp32 (precision.py)
     steps: int = Field(default=2000, gt=0)  # step budget; the lr schedule ends here
@@ -189,20 +177,6 @@ class TrainConfig(BaseModel):
     ema: float = Field(default=0.0, ge=0, lt=1)  # 0: off; else checkpoints ship the exponential moving average (decay
     # `ema`) of the weights after each step (train.ema_update), and keep the raw weights in the training state
 
-    @model_validator(mode="before")
-    @classmethod
-    def _train_format(cls, data: object) -> object:
-        """A model given as fields without a format (a config file, the CLI's flags) trains in TRAIN_FORMAT."""
-        if isinstance(data, dict) and isinstance(data.get("model"), dict) and "format" not in data["model"]:
-            return data | {"model": data["model"] | {"format": TRAIN_FORMAT}}
-        return data
-
-    @model_validator(mode="after")
-    def _input_loss_needs_pairs(self) -> "TrainConfig":
-        if self.input_loss and self.model.format != "pairs":
-            raise ValueError(f"input_loss: the loss on inputs is for format='pairs', the model is '{self.model.format}'")
-        return self
-
 
 class SolveConfig(BaseModel):
     """How one task is solved (DESIGN §7): test-time training on its demos, augmented views, decoding, voting.
@@ -215,8 +189,8 @@ class SolveConfig(BaseModel):
     ttt_steps: int = Field(default=32, ge=0)  # test-time training steps on the task's own demos (0 turns it off)
     ttt_seconds: float | None = Field(default=None, gt=0)  # optional wall-clock bound on test-time training
     ttt_batch_tokens: int = Field(default=4096, gt=0)  # padded tokens per test-time training step
-    ttt_params: TttParams = "all"  # pairs: test-time training updates every weight, or the task code alone
-    task_code_init: CodeInit = "mean"  # pairs: a new task's code starts at the trained codes' mean, or 0
+    ttt_params: TttParams = "all"  # test-time training updates every weight, or the task code alone
+    task_code_init: CodeInit = "mean"  # a new task's code starts at the trained codes' mean, or 0
     optimizer: OptimizerConfig = OptimizerConfig(
         lr=1e-3, start_step=2, curvature_every=4, precondition_every=8
     )  # test-time training optimizer (GN preconditions from its 2nd step)

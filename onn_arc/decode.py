@@ -1,12 +1,10 @@
 """Decoding an output grid from a prompt over the model's KV cache (DESIGN §7).
 
-The prompt is a task (context format) or a test input (pair format) encoded up to the OUT marker
-(`tokens.encode_task(..., answer=False)`, `tokens.encode_pair(..., answer=False)`, which carries its task-code index).
-The model then writes the grid one token at a time: colours, a ROW after each row, and any other token ends the grid.
-Which token ends it does not matter, so "end" is one choice whose log-probability sums every such token's
-(logsumexp); a candidate records it as EOS. Generated tokens get their (row, column, third coordinate) from
-`tokens.next_position`, exactly as the model's format lays out a known output: the next sequence index (context) or
-the output plane (pairs).
+The prompt is a test input encoded up to the OUT marker (`tokens.encode_pair(..., answer=False)`, which carries its
+task-code index). The model then writes the grid one token at a time: colours, a ROW after each row, and any other
+token ends the grid. Which token ends it does not matter, so "end" is one choice whose log-probability sums every
+such token's (logsumexp); a candidate records it as EOS. Generated tokens get their (row, column, plane) from
+`tokens.next_position`, exactly as a known output is laid out.
 
 Only tokens that keep the prefix a possible grid are chosen (no row longer than 30 cells or than the first row,
 no row end on an empty or short row, no 31st row, no end in the middle of a row), so every finished sequence is a
@@ -136,8 +134,7 @@ class _Decoder:
     def after(self, nodes: list[_Node]) -> list[Choices]:
         """Choices after each row's node: the cache is cropped to their parents' branches, then their tokens are fed."""
         self.cache.crop(self.start + nodes[0].depth - 1)
-        fmt = self.model.cfg.format
-        new = [(n.token, *next_position(fmt, self.lengths[i], n.tokens()[:-1])) for i, n in zip(self.index, nodes)]
+        new = [(n.token, *next_position(n.tokens()[:-1])) for n in nodes]
         return self._forward(*torch.tensor(new, device=self.device).T[..., None])  # (B, 1) each
 
     def keep(self, rows: list[int]) -> None:

@@ -10,15 +10,15 @@ A rerun in the same folder skips the tasks already in results.jsonl, so an inter
 same report as an uninterrupted one except for timing fields (`seconds`, `ttt_seconds`, `seconds_per_task`);
 tasks are solved independently, each from the same seed. A checkpoint trained on any of the tasks' test outputs is
 refused (LeakageError) unless `allow_seen` asks for a fit measurement; the report's `seen_tasks` then counts them.
-The report also says whether solving is transductive (the checkpoint trained on the tasks' demos: a pair-format
-model then solves them with their trained task codes) and what the checkpoint's training cost over all its stages.
+The report also says whether solving is transductive (the checkpoint trained on the tasks' demos: the model then
+solves them with their trained task codes) and what the checkpoint's training cost over all its stages.
 
 Beside pass@2 the report carries leading indicators where the truth is known: the best attempt's shape correctness
 and cell accuracy, attempt 1's changed-cell accuracy and the copy-the-input baseline (scoring.py), and the
 teacher-forced loss of the true output (its tokens and the token that ends it), with the task as given
-(`teacher_forced_loss`), under the model before test-time training (`tf_loss`: for the pair format, with a fresh
-code that knows nothing of the task) and after it (`tuned_tf_loss`: the model that decodes the answer). Where no
-task has test outputs nothing is scored and the scores are None.
+(`teacher_forced_loss`), under the model before test-time training (`tf_loss`: for a task without a trained code,
+with a fresh code that knows nothing of the task) and after it (`tuned_tf_loss`: the model that decodes the answer).
+Where no task has test outputs nothing is scored and the scores are None.
 
 Reports and submissions are made from the records alone, so a finished folder is rescored without solving again;
 records of older runs with fewer than two attempts per test are completed by `two_attempts`.
@@ -45,8 +45,8 @@ from onn_arc.losses import main_loss
 from onn_arc.model import TinyONN
 from onn_arc.precision import Precision, autocast, resolve
 from onn_arc.scoring import Scorer, ScoreSummary, TaskScore, TwoAttempts, write_submission
-from onn_arc.solve import check_options, code_of, solve_or_copy, two_attempts, with_task_code
-from onn_arc.tokens import collate, encode_pair, encode_task, only_test_output
+from onn_arc.solve import code_of, solve_or_copy, two_attempts, with_task_code
+from onn_arc.tokens import collate, encode_pair
 
 SETTINGS, RESULTS, SUBMISSION, REPORT = "settings.json", "results.jsonl", "submission.json", "report.json"
 TIMING = ("seconds", "ttt_seconds", "seconds_per_task")  # the only fields a resumed run may change
@@ -72,18 +72,14 @@ def teacher_forced_loss(
 ) -> float | None:
     """Mean cross-entropy of the true output's tokens (cells, row ends, the closing EOS) given everything before,
     with the task as given, the forward in `precision`; None without a test output or when the pair does not fit
-    the context. Context format: the whole task, the demos' outputs as context only. Pair format: the test pair
-    alone, with the task's trained code when the model has one (it trained on the task's demos: transductive), else
-    with a fresh `code_init` code, as `solve_task` makes before test-time training (`with_task_code`)."""
+    the context. The test pair alone, with the task's trained code when the model has one (it trained on the task's
+    demos: transductive), else with a fresh `code_init` code, as `solve_task` makes before test-time training
+    (`with_task_code`)."""
     if task.test[test_index].output is None:
         return None
-    max_len = model.cfg.max_len
+    model = with_task_code(model, task, code_init)
     try:
-        if model.cfg.format == "pairs":
-            model = with_task_code(model, task, code_init)
-            seq = encode_pair(task.test[test_index], code_of(model, task), max_len=max_len)
-        else:
-            seq = only_test_output(encode_task(task, test_index, max_len=max_len, answer=True))
+        seq = encode_pair(task.test[test_index], code_of(model, task), max_len=model.cfg.max_len)
     except TaskError:
         return None
     batch = collate([seq]).to(next(model.parameters()).device)
@@ -98,7 +94,7 @@ def run_task(model: TinyONN, task: Task, cfg: SolveConfig) -> dict[str, Any]:
     with the copy-the-input guess as its attempts."""
     started = time.perf_counter()
     tests = range(len(task.test))
-    # pair format: one copy with the task's fresh code, as solve_task makes it, serves every test's tf_loss and then
+    # one copy with the task's fresh code, as solve_task makes it, serves every test's tf_loss and then
     # solving (which finds the code there), rather than a copy per test and another to solve with
     model = with_task_code(model, task, cfg.task_code_init)
 
@@ -312,7 +308,6 @@ def evaluate(
     if len({t.id for t in tasks}) != len(tasks):
         raise ConfigError("the task list names a task twice")
     loaded = load_checkpoint(checkpoint_folder, device=device)
-    check_options(cfg, loaded.meta.model)
     leaked = loaded.meta.data.leaks_into(tasks)
     if leaked and not allow_seen:
         shown = ", ".join(leaked[:3]) + (", ..." if len(leaked) > 3 else "")

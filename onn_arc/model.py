@@ -24,15 +24,13 @@ Read bottom-up: SBL -> Linear -> Attention (DynSIHA) -> FFN (MoIE) -> Block -> T
 - DynSIHA attention: one SBL emits Q, K and V; one full-width head by default (`n_heads` is a variant); an SBL is the
   output projection. MoIE feed-forward: SBL -> GELU -> SBL. Blocks are pre-norm residual (RMSNorm).
 - Positions are role-free: token + learned row + learned column embeddings at the input, and rotary embeddings whose
-  pairs of head dims are split among three axes, so attention sees relative offsets along each:
-    format="context": the sequence index (half the pairs, base 10000), row and column (a quarter each, base 100);
-    format="pairs":   the plane (a quarter, base 10: planes are 0..5), row and column (the rest, split evenly,
-                      base 100: coordinates go to 30). No sequence index: within a pair, (row, column, plane) place
-                      every token, and output cell (r, c) sits one plane offset from input cell (r, c).
-- format="pairs" conditions on the task: a learned code per task (`task_codes`, one row per `cfg.task_ids`) is added
-  to every token of the sequence, looked up by the sequence's task index. `add_task_code` grows the table for a task
-  the model never saw (test-time training learns its code). Two switches exist for the format comparison only:
-  `cfg.task_codes=False` (no code) and `cfg.planes=False` (the plane is withheld from the rotary: 2-D positions).
+  pairs of head dims are split among three axes, so attention sees relative offsets along each: the plane (a
+  quarter, base 10: planes are 0..5), row and column (the rest, split evenly, base 100: coordinates go to 30). No
+  sequence index: within a pair, (row, column, plane) place every token, and output cell (r, c) sits one plane
+  offset from input cell (r, c) (tokens.py).
+- The model conditions on the task: a learned code per task (`task_codes`, one row per `cfg.task_ids`) is added to
+  every token of the sequence, looked up by the sequence's task index. `add_task_code` grows the table for a task
+  the model never saw (test-time training learns its code).
 - arch="dense" is the baseline: every SBL becomes a plain Linear, everything else stays.
 - KVCache is preallocated per loop and layer; crop(n) backtracks, keep(rows) drops finished sequences of a batch.
   Cached decoding computes exactly what the full forward computes (same positions, same maths), one token at a time
@@ -181,23 +179,20 @@ def _freqs(n: int, base: float) -> Tensor:
 
 
 class Rotary(nn.Module):
-    """Rotary angles from (third coordinate, row, column), with the head's dim pairs split among the three axes as
-    the module docstring says: the third coordinate is the sequence index (context) or the plane (pairs)."""
+    """Rotary angles from (plane, row, column), with the head's dim pairs split among the three axes as the module
+    docstring says."""
 
-    def __init__(self, head_dim: int, fmt: str):
+    def __init__(self, head_dim: int):
         super().__init__()
         pairs = head_dim // 2
-        if fmt == "context":
-            (n_third, third_base), n_row, n_col = (pairs // 2, 10000.0), pairs // 4, pairs // 4
-        else:
-            (n_third, third_base), n_row = (pairs // 4, 10.0), (pairs - pairs // 4 + 1) // 2
-            n_col = pairs - n_third - n_row
-        self.register_buffer("third_freqs", _freqs(n_third, third_base), persistent=False)
+        n_plane = pairs // 4
+        n_row = (pairs - n_plane + 1) // 2
+        self.register_buffer("plane_freqs", _freqs(n_plane, 10.0), persistent=False)
         self.register_buffer("row_freqs", _freqs(n_row, 100.0), persistent=False)
-        self.register_buffer("col_freqs", _freqs(n_col, 100.0), persistent=False)
+        self.register_buffer("col_freqs", _freqs(pairs - n_plane - n_row, 100.0), persistent=False)
 
-    def forward(self, third: Tensor, rows: Tensor, cols: Tensor) -> tuple[Tensor, Tensor]:
-        axes = ((third, self.third_freqs), (rows, self.row_freqs), (cols, self.col_freqs))
+    def forward(self, planes: Tensor, rows: Tensor, cols: Tensor) -> tuple[Tensor, Tensor]:
+        axes = ((planes, self.plane_freqs), (rows, self.row_freqs), (cols, self.col_freqs))
         angles = torch.cat([coord[..., None] * freqs for coord, freqs in axes], -1)  # (B, T, hd / 2)
         return angles.cos()[:, :, None], angles.sin()[:, :, None]  # (B, T, 1, hd / 2) each: broadcast over heads
 
@@ -274,8 +269,8 @@ class Block(nn.Module):
 
 
 class TinyONN(nn.Module):
-    """Token + grid-coordinate (+ task-code) embeddings, `n_layers` blocks run `loops` times, a final norm and a
-    linear head over the vocabulary."""
+    """Token + grid-coordinate + task-code embeddings, `n_layers` blocks run `loops` times, a final norm and a linear
+    head over the vocabulary."""
 
     def __init__(self, cfg: ModelConfig):
         super().__init__()
@@ -284,14 +279,12 @@ class TinyONN(nn.Module):
         self.tok_emb = nn.Embedding(cfg.vocab_size, d)
         self.row_emb = nn.Embedding(MAX_COORD + 1, d)
         self.col_emb = nn.Embedding(MAX_COORD + 1, d)
-        embeddings = [self.tok_emb, self.row_emb, self.col_emb]
-        if self.has_codes:
-            self.task_codes = nn.Embedding(cfg.n_task_codes, d)
-            embeddings.append(self.task_codes)
+        self.task_codes = nn.Embedding(cfg.n_task_codes, d)
+        embeddings = [self.tok_emb, self.row_emb, self.col_emb, self.task_codes]
         for emb in embeddings:
             nn.init.normal_(emb.weight, std=len(embeddings) ** -0.5)  # their sum starts with unit variance
         self.drop = nn.Dropout(cfg.dropout)
-        self.rotary = Rotary(cfg.head_dim, cfg.format)
+        self.rotary = Rotary(cfg.head_dim)
         self.blocks = nn.ModuleList(Block(cfg, i) for i in range(cfg.n_layers))
         self.norm = nn.RMSNorm(d)
         self.head = nn.Linear(d, cfg.vocab_size, bias=False)
@@ -304,22 +297,19 @@ class TinyONN(nn.Module):
         self, tokens: Tensor, rows: Tensor, cols: Tensor, pos: Tensor, cache: KVCache | None = None,
         task: Tensor | None = None, attention_mask: Tensor | None = None,
     ) -> Tensor:  # fmt: skip
-        """Logits (B, T, V) for inputs (B, T); `pos` is the third coordinate (sequence index or plane, `tokens.py`)
-        and `task` (B,) the task-code index of each sequence (pairs format; ignored in the context format). With a
-        cache, the new tokens attend to the cached ones and join them. `attention_mask` (B, past + T) bool: False
-        at the padding of a left-padded batch, cached or new (None: no padding)."""
+        """Logits (B, T, V) for inputs (B, T); `pos` is the plane (`tokens.py`) and `task` (B,) the task-code index of
+        each sequence. With a cache, the new tokens attend to the cached ones and join them. `attention_mask`
+        (B, past + T) bool: False at the padding of a left-padded batch, cached or new (None: no padding)."""
         t = tokens.shape[1]
         past = 0 if cache is None else cache.length
         max_len = self.cfg.max_len if cache is None else cache.max_len
         if past + t > max_len:
             raise ValueError(f"{past} cached + {t} new tokens exceed the context max_len={max_len}")
+        if task is None:
+            raise ValueError("the model needs each sequence's task-code index (task=)")
         x = self.tok_emb(tokens) + self.row_emb(rows) + self.col_emb(cols)  # (B, T, D)
-        if self.has_codes:
-            if task is None:
-                raise ValueError("the pair format needs each sequence's task-code index (task=)")
-            x = x + self.task_codes(task)[:, None]  # (B, 1, D) broadcast over the sequence
-        x = self.drop(x)
-        rope = self.rotary(pos if self.cfg.planes else torch.zeros_like(pos), rows, cols)
+        x = self.drop(x + self.task_codes(task)[:, None])  # the code (B, 1, D) broadcast over the sequence
+        rope = self.rotary(pos, rows, cols)
         mask = causal_mask(t, past, attention_mask, x.device)
         for loop in range(self.cfg.loops):
             for block in self.blocks:
@@ -328,22 +318,14 @@ class TinyONN(nn.Module):
             cache.advance(t)
         return self.head(self.norm(x))  # (B, T, V)
 
-    @property
-    def has_codes(self) -> bool:
-        """Whether a learned task code is added to every token (pairs format, unless switched off)."""
-        return self.cfg.format == "pairs" and self.cfg.task_codes
-
     def add_task_code(self, task_id: str, init: Literal["mean", "zero"] = "mean") -> int:
         """Append a code for a task the model never saw, initialised to the mean of the trained codes (zero when
         there are none) or to zero; returns its index. Build the optimizer afterwards: the table is a new tensor."""
-        if self.cfg.format != "pairs":
-            raise ValueError(f"task codes are for format='pairs', this model is '{self.cfg.format}'")
         if task_id in self.cfg.task_ids:
             raise ValueError(f"task '{task_id}' already has code {self.cfg.task_ids.index(task_id)}")
-        if self.has_codes:
-            old = self.task_codes.weight.detach()  # (N, D)
-            new = old.mean(0, keepdim=True) if init == "mean" and len(old) else old.new_zeros(1, old.shape[1])  # (1, D)
-            self.task_codes = nn.Embedding.from_pretrained(torch.cat([old, new]), freeze=False)
+        old = self.task_codes.weight.detach()  # (N, D)
+        new = old.mean(0, keepdim=True) if init == "mean" and len(old) else old.new_zeros(1, old.shape[1])  # (1, D)
+        self.task_codes = nn.Embedding.from_pretrained(torch.cat([old, new]), freeze=False)
         self.cfg = self.cfg.model_copy(update={"task_ids": (*self.cfg.task_ids, task_id)})
         return len(self.cfg.task_ids) - 1
 

@@ -1,14 +1,15 @@
 """Solving one task (DESIGN §7): test-time training, augmented views, voting, two attempts.
 
-1. Test-time training fine-tunes a deep copy of the model on the task's own demos: leave-one-out pseudo-tasks (each
-   demo in turn is the test pair, so the real test outputs are never involved), randomly augmented, for at most
-   `ttt_steps` steps and `ttt_seconds` seconds, with the training step of `train.py` and a cosine-decayed lr, in
-   `cfg.precision`.
+1. Test-time training fine-tunes a deep copy of the model on the task's own demos as pairs under the task's code
+   (the code alone, or the code and the weights: `SolveConfig.ttt_params`; the test outputs are never involved),
+   randomly augmented, for at most `ttt_steps` steps and `ttt_seconds` seconds, with the training step of `train.py`
+   and a cosine-decayed lr, in `cfg.precision`.
 2. `views` augmented copies of the task are decoded in fp32 (view 0 is the task as given, the others random
-   whole-task augmentations; one token at a time bf16 autocast is slower, bench/model.py). Each test input's prompt
-   leaves room for an output as large as the largest grid in the task. The greedy sampler decodes every view's
-   prompts together (`decode.greedy_batch`, up to BATCH_ROWS at a time: several times the tokens/s of one by one on
-   a CPU, bench/solve.py); dfs searches one prompt at a time.
+   whole-task augmentations; one token at a time bf16 autocast is slower, bench/model.py), each test input as a
+   prompt under the view's code; the context must hold each prompt and an output as large as the largest grid in
+   the task (`check_fits`). The greedy sampler decodes every view's prompts together (`decode.greedy_batch`, up to
+   BATCH_ROWS at a time: several times the tokens/s of one by one on a CPU, bench/solve.py); dfs searches one
+   prompt at a time.
 3. Every candidate grid is mapped back through its view's inverse, and each distinct grid is scored as a product of
    experts (the ARChitects' "Product of Experts"): its teacher-forced log-probability in every view (the test input
    and the grid mapped into the view, under the view's code), summed over the views; a log-probability counts the
@@ -22,10 +23,8 @@
    there are always two (`two_attempts`): the best twice when only one grid was found, the test input itself twice
    (the copy-the-input guess) when none was or the task could not be solved (`solve_or_copy`).
 
-In the pair format (DESIGN §3b) the task is conditioned on its code: the code it was trained with when the model
-saw the task's demos (transductive training), else a fresh code on a copy of the model (`SolveConfig.task_code_init`).
-Test-time training then trains on the task's demos as pairs (every demo is a training pair, the code alone or
-the code and the weights: `SolveConfig.ttt_params`), and each view decodes its test inputs as pair prompts.
+The task is conditioned on its code (DESIGN §3b): the code it was trained with when the model saw the task's demos
+(transductive training), else a fresh code on a copy of the model (`SolveConfig.task_code_init`).
 A model with codes per augmented copy (`ModelConfig.copies`) solves the task as copies: each view is one of the task's
 copies (`train.copies_of`, the identity first) with its own code, test-time training fits each view's demos in that
 view under its code, and each view decodes under its code; so no code is shown its rule under two colour maps.
@@ -49,17 +48,16 @@ from onn_arc import decode
 from onn_arc.augment import INVERSE_DIHEDRAL, Augmentation, dihedral_map, input_colours
 from onn_arc.config import AugmentConfig, CodeInit, ModelConfig, Ranking, SolveConfig, TrainConfig
 from onn_arc.data import Grid, Pair, Task
-from onn_arc.errors import ConfigError, TaskError
+from onn_arc.errors import TaskError
 from onn_arc.model import TinyONN
 from onn_arc.scoring import TwoAttempts
-from onn_arc.tokens import Sequence, encode_pair, encode_task, grid_room, only_test_output
+from onn_arc.tokens import Sequence, encode_pair, grid_room
 from onn_arc.train import (
-    Entry, Example, code_key, copies_of, leave_one_out, lr_factor, make_optimizer, pair_examples, sample_batch,
-    step_generators, train_step,
+    PairExample, code_key, copies_of, lr_factor, make_optimizer, pair_examples, sample_batch, step_generators,
+    train_step,
 )  # fmt: skip
 
-PAIR_OPTIONS = ("ttt_params", "task_code_init")  # SolveConfig fields that only the pair format uses
-BATCH_ROWS = 32  # prompts greedy decodes together at most (a row's KV cache: ~8 MB for the base preset, pairs)
+BATCH_ROWS = 32  # prompts greedy decodes together at most (a row's KV cache: ~8 MB for the base preset)
 Progress = Callable[[str, int, int], None]  # (stage, done, total): "ttt" steps, then "decode" view × test prompts
 Score = Callable[[list[Grid]], list[float | None]]  # a test input's candidate grids -> their product-of-experts scores
 
@@ -120,7 +118,7 @@ class Solution:
         }
 
 
-# ---------------------------------------------------------------- prompts
+# ---------------------------------------------------------------- the context and task codes
 
 
 def output_room(task: Task) -> int:
@@ -142,11 +140,6 @@ def check_fits(task: Task, max_len: int) -> None:
             )
 
 
-def prompt(task: Task, test_index: int, max_len: int) -> Sequence:
-    """Test input `test_index` as a prompt to decode from, demos dropped until `output_room` is left free."""
-    return encode_task(task, test_index, max_len=max_len - output_room(task), answer=False)
-
-
 def view_key(model: ModelConfig, task: Task, view: Augmentation | None = None) -> str:
     """The code key of the task in `view` (None: as given): the task's own code, whatever the view, or, in a model
     with codes per copy, the code of that copy."""
@@ -156,11 +149,10 @@ def view_key(model: ModelConfig, task: Task, view: Augmentation | None = None) -
 
 
 def with_task_code(model: TinyONN, task: Task, init: CodeInit, views: Iterable[Augmentation | None] = (None,)) -> TinyONN:
-    """Pair format: `model` itself when it has a code for the task in every view (trained on its demos:
-    transductive), else a deep copy with fresh codes for those it lacks (the model given is never changed). The
-    context format has no codes: `model` itself."""
-    missing = [] if model.cfg.format != "pairs" else [view_key(model.cfg, task, v) for v in views]
-    missing = [key for key in dict.fromkeys(missing) if key not in model.cfg.task_ids]
+    """`model` itself when it has a code for the task in every view (trained on its demos: transductive), else a deep
+    copy with fresh codes for those it lacks (the model given is never changed)."""
+    keys = dict.fromkeys(view_key(model.cfg, task, v) for v in views)
+    missing = [key for key in keys if key not in model.cfg.task_ids]
     if not missing:
         return model
     fresh = copy.deepcopy(model)
@@ -169,44 +161,20 @@ def with_task_code(model: TinyONN, task: Task, init: CodeInit, views: Iterable[A
     return fresh
 
 
-def check_options(cfg: SolveConfig, model: ModelConfig) -> None:
-    """ConfigError when `cfg` asks for a task-code option (ttt_params or task_code_init other than its default)
-    and the model has no task codes (the context format, or the pair format with codes switched off)."""
-    default = SolveConfig()
-    asked = [f"{k}={getattr(cfg, k)!r}" for k in PAIR_OPTIONS if getattr(cfg, k) != getattr(default, k)]
-    if asked and not (model.format == "pairs" and model.task_codes):
-        this = model.format if model.task_codes else f"{model.format} without codes"
-        raise ConfigError(f"{', '.join(asked)}: only the pair format has task codes; this model is '{this}'")
-
-
 def code_of(model: TinyONN, task: Task, view: Augmentation | None = None) -> int:
-    """The task's row (in `view`, with codes per copy) in the pair-format model's task-code table (0 in the context
-    format, which has none)."""
-    return model.cfg.task_ids.index(view_key(model.cfg, task, view)) if model.cfg.format == "pairs" else 0
+    """The task's row (in `view`, with codes per copy) in the model's task-code table."""
+    return model.cfg.task_ids.index(view_key(model.cfg, task, view))
 
 
 # ---------------------------------------------------------------- test-time training
 
 
-def _fits(task: Task, max_len: int) -> bool:
-    try:
-        encode_task(task, max_len=max_len)
-    except TaskError:
-        return False
-    return True
-
-
-def _ttt_pool(model: TinyONN, task: Task, views: list[Augmentation]) -> list[Entry]:
-    """What test-time training trains on, those that fit the context: leave-one-out pseudo-tasks (context); the
-    demos with the task's code (pairs), or, with codes per copy, each view's demos in that view with its code."""
-    max_len = model.cfg.max_len
-    if model.cfg.format == "pairs":
-        copies = views if model.cfg.copies else [None]
-        demos = [
-            ex for v in copies for ex in pair_examples(task, code_of(model, task, v), False, False, v)
-        ]  # fmt: skip
-        return [ex for ex in demos if ex.length <= max_len]
-    return [Example(t, 0) for t in leave_one_out(task) if _fits(t, max_len)]
+def _ttt_pool(model: TinyONN, task: Task, views: list[Augmentation]) -> list[PairExample]:
+    """What test-time training trains on, those that fit the context: the demos with the task's code, or, with codes
+    per copy, each view's demos in that view with its code."""
+    copies = views if model.cfg.copies else [None]
+    demos = [ex for v in copies for ex in pair_examples(task, code_of(model, task, v), False, False, v)]
+    return [ex for ex in demos if ex.length <= model.cfg.max_len]
 
 
 def _ttt_optimizer(tuned: TinyONN, cfg: SolveConfig) -> torch.optim.Optimizer:
@@ -228,10 +196,8 @@ def fine_tune(
     views: list[Augmentation] | None = None,
 ) -> tuple[TinyONN, int, float, float | None]:
     """(a fine-tuned deep copy of `model`, steps taken, seconds, last main loss); the model itself when switched
-    off or when the task has nothing to train on that fits (context: fewer than two demos). In the pair format
-    `model` must have a code for the task (in each of `views`, default `views_of`: `with_task_code`); a
-    pair-format option on a context-format model is a ConfigError (`check_options`)."""
-    check_options(cfg, model.cfg)
+    off or when the task has nothing to train on that fits. `model` must have a code for the task (in each of
+    `views`, default `views_of`: `with_task_code`)."""
     max_len = model.cfg.max_len
     pool = _ttt_pool(model, task, views_of(model.cfg, task, cfg) if views is None else views)
     if cfg.ttt_steps == 0 or not pool:
@@ -336,23 +302,17 @@ def vote(
 
 
 def decode_prompt(model: TinyONN, task: Task, test_index: int, code: int | None = None) -> Sequence:
-    """What the model decodes test input `test_index` of a (possibly augmented) task from: in the pair format the
-    input alone, conditioned on code `code` (default: the task's, `code_of`; the model must have it:
-    `with_task_code`); in the context format the task as a `prompt`."""
-    if model.cfg.format == "pairs":
-        code = code_of(model, task) if code is None else code
-        return encode_pair(Pair(input=task.test[test_index].input), code, answer=False)
-    return prompt(task, test_index, model.cfg.max_len)
+    """What the model decodes test input `test_index` of a (possibly augmented) task from: the input alone,
+    conditioned on code `code` (default: the task's, `code_of`; the model must have it: `with_task_code`)."""
+    code = code_of(model, task) if code is None else code
+    return encode_pair(Pair(input=task.test[test_index].input), code, answer=False)
 
 
 def answer_sequence(model: TinyONN, task: Task, test_index: int, output: Grid, code: int | None = None) -> Sequence:
     """`decode_prompt`'s sequence followed by `output` and the EOS that ends it, as decoding lays them out, the targets
     on those alone: what `decode.teacher_forced` scores a candidate grid of test input `test_index` from."""
     pair = Pair(input=task.test[test_index].input, output=output)
-    if model.cfg.format == "pairs":
-        return encode_pair(pair, code_of(model, task) if code is None else code)
-    kept = prompt(task, test_index, model.cfg.max_len).n_demos  # the demos the prompt kept
-    return only_test_output(encode_task(task.model_copy(update={"train": task.train[:kept], "test": (pair,)})))
+    return encode_pair(pair, code_of(model, task) if code is None else code)
 
 
 def poe_scores(

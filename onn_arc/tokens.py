@@ -1,37 +1,26 @@
-"""Grid tokens: the vocabulary and the two sequence layouts (DESIGN §3, §3b), chosen by `ModelConfig.format`.
+"""Grid tokens: the vocabulary and the sequence layout (DESIGN §3b).
 
-"context": a task becomes one causal sequence
-
-    BOS, [IN, input grid, OUT, output grid] per demo, IN, test input, OUT, test output, EOS
-
-where a grid is written row by row, each row's cells followed by one ROW token.
-Every token carries its (row, column) inside its grid (markers sit at (0, 0); the
-ROW token of a row of width W sits at column W) and a role (marker, input cell,
-output cell). Its third coordinate `pos` is its index in the sequence.
-
-"pairs": each input -> output pair is its own sequence, conditioned on its task by the model's task code:
+Each input -> output pair is its own sequence, conditioned on its task by the model's task code:
 
     BOS, IN, input grid, OUT, output grid, EOS
 
-with no sequence index: every token sits at (row, column, plane). The grids are laid out as above in two parallel
-planes, so output cell (r, c) lines up with input cell (r, c) one plane offset away; each marker sits at (0, 0) of
-a plane of its own, in sequence order (PLANES: BOS 0, IN 1, input 2, OUT 3, output 4, EOS 5). The third
-coordinate `pos` is the plane.
+where a grid is written row by row, each row's cells followed by one ROW token. Every token carries its
+(row, column, plane) and a role (marker, input cell, output cell): a grid's tokens their (row, column) inside it (the
+ROW token of a row of width W sits at column W), the input grid and the output grid in two parallel planes, so output
+cell (r, c) lines up with input cell (r, c) one plane offset away; each marker sits at (0, 0) of a plane of its own,
+in sequence order (PLANES: BOS 0, IN 1, input 2, OUT 3, output 4, EOS 5). There is no sequence index.
 
-The loss is on output grids: every output-grid token and the token that closes
-the grid (the IN or EOS after it), so the model learns when a grid ends; the pair
-format can put it on the input grid too (its cells, row ends and the OUT after it).
-Tasks longer than the context lose demos from the end, never the test pair.
+The loss is on the output grid: every output-grid token and the EOS that closes the grid, so the model learns when
+a grid ends; `input_loss` puts it on the input grid too (its cells, row ends and the OUT after it).
 """
 
 from collections.abc import Iterator
-from dataclasses import dataclass, replace
-from typing import Literal
+from dataclasses import dataclass
 
 import numpy as np
 import torch
 
-from onn_arc.data import Grid, Pair, Task, as_array, from_array
+from onn_arc.data import Grid, Pair, as_array, from_array
 from onn_arc.errors import GridError, TaskError
 
 N_COLOURS = 10
@@ -41,23 +30,20 @@ NAMES = [str(c) for c in range(N_COLOURS)] + ["<pad>", "<bos>", "<eos>", "<in>",
 
 MARKER, INPUT, OUTPUT = 0, 1, 2  # roles
 MAX_COORD = 30  # a row token of a 30-wide row sits at column 30
-BOS_PLANE, IN_PLANE, INPUT_PLANE, OUT_PLANE, OUTPUT_PLANE, EOS_PLANE = range(6)  # the pair format's planes
-N_PLANES = 6
-Format = Literal["context", "pairs"]  # the sequence layout, `ModelConfig.format`
+BOS_PLANE, IN_PLANE, INPUT_PLANE, OUT_PLANE, OUTPUT_PLANE, EOS_PLANE = range(6)  # the planes, in sequence order
 
 
 @dataclass(frozen=True)
 class Sequence:
-    """One encoded task (context format) or pair (pair format); every array has shape (T,)."""
+    """One encoded pair; every array has shape (T,)."""
 
     tokens: np.ndarray  # int64 token ids
     rows: np.ndarray  # int64 row inside the token's grid
     cols: np.ndarray  # int64 column inside the token's grid
-    pos: np.ndarray  # int64 third coordinate: index in the sequence (context) or plane (pairs)
+    pos: np.ndarray  # int64 plane
     roles: np.ndarray  # int64 MARKER / INPUT / OUTPUT
     targets: np.ndarray  # bool: the loss predicts this token (from position t-1)
-    n_demos: int  # demos kept after the context policy (0 in the pair format)
-    task: int = 0  # the task's code index (pair format; 0 and unused in the context format)
+    task: int = 0  # the task's code index
 
     def __len__(self) -> int:
         return len(self.tokens)
@@ -79,13 +65,7 @@ def pair_room(pair: Pair) -> int:
     return 3 + grid_room(pair.input) + answer  # BOS IN input OUT, answer
 
 
-def task_room(task: Task, test_index: int = 0) -> int:
-    """Tokens `encode_task(task, test_index)` takes with every demo, in the task's longest orientation: its test
-    pair's `pair_room`, and each demo's without the BOS and EOS a pair of its own would have."""
-    return pair_room(task.test[test_index]) + sum(pair_room(p) - 2 for p in task.train)
-
-
-def _grid_parts(grid: Grid, role: int, plane: int = 0) -> tuple[np.ndarray, ...]:
+def _grid_parts(grid: Grid, role: int, plane: int) -> tuple[np.ndarray, ...]:
     """(tokens, rows, cols, planes, roles) of a grid, each (H * (W + 1),)."""
     a = as_array(grid)  # (H, W)
     h, w = a.shape
@@ -95,7 +75,7 @@ def _grid_parts(grid: Grid, role: int, plane: int = 0) -> tuple[np.ndarray, ...]
     return tokens, rows, cols, np.full(h * (w + 1), plane), np.full(h * (w + 1), role)
 
 
-def _marker(token: int, plane: int = 0) -> tuple[np.ndarray, ...]:
+def _marker(token: int, plane: int) -> tuple[np.ndarray, ...]:
     return np.array([token]), np.zeros(1, np.int64), np.zeros(1, np.int64), np.array([plane]), np.array([MARKER])
 
 
@@ -105,46 +85,10 @@ def _targets(roles: np.ndarray, scored: tuple[int, ...]) -> np.ndarray:
     return is_scored | np.concatenate([[False], is_scored[:-1]])
 
 
-def encode_task(task: Task, test_index: int = 0, max_len: int | None = None, answer: bool = True) -> Sequence:
-    """Encode `task` with its test pair `test_index` last.
-
-    answer=True appends the test output and EOS (training, teacher-forced scoring);
-    answer=False stops right after the test pair's OUT marker: a prompt to decode from.
-    """
-    test = task.test[test_index]
-    if answer and test.output is None:
-        raise TaskError(f"{task.id}: test[{test_index}] has no output to encode")
-    test_len = 3 + grid_length(test.input) + (grid_length(test.output) + 1 if answer else 0)  # BOS IN .. OUT .. [EOS]
-    demo_lens = [2 + grid_length(p.input) + grid_length(p.output) for p in task.train]
-    n_demos = len(task.train)
-    if max_len is not None:
-        if test_len > max_len:
-            raise TaskError(f"{task.id}: test pair needs {test_len} tokens, the context holds {max_len}")
-        while test_len + sum(demo_lens[:n_demos]) > max_len:
-            n_demos -= 1
-
-    parts = [_marker(BOS)]
-    for pair in task.train[:n_demos]:
-        parts += [_marker(IN), _grid_parts(pair.input, INPUT), _marker(OUT), _grid_parts(pair.output, OUTPUT)]
-    parts += [_marker(IN), _grid_parts(test.input, INPUT), _marker(OUT)]
-    if answer:
-        parts += [_grid_parts(test.output, OUTPUT), _marker(EOS)]
-    tokens, rows, cols, _, roles = (np.concatenate(x).astype(np.int64) for x in zip(*parts))
-    return Sequence(tokens, rows, cols, np.arange(len(tokens)), roles, _targets(roles, (OUTPUT,)), n_demos)
-
-
-def only_test_output(seq: Sequence) -> Sequence:
-    """`seq`, an `encode_task` with its answer, with its targets on the test output alone (its cells, row ends and
-    the closing EOS): the demos' outputs become context."""
-    targets = seq.targets.copy()
-    targets[: np.flatnonzero(seq.tokens == OUT)[-1] + 1] = False  # everything up to the test pair's OUT marker
-    return replace(seq, targets=targets)
-
-
 def encode_pair(
     pair: Pair, task: int = 0, answer: bool = True, input_loss: bool = False, max_len: int | None = None
 ) -> Sequence:
-    """Encode one pair in the pair format (module docstring) for the task whose code index is `task`.
+    """Encode one pair (module docstring) for the task whose code index is `task`.
 
     answer=True: `BOS IN input OUT output EOS`, the loss on the output grid and EOS (and, with input_loss, on the
     input grid and the OUT after it). answer=False stops right after OUT: a prompt to decode from, or, with
@@ -161,7 +105,7 @@ def encode_pair(
     if max_len is not None and len(tokens) > max_len:
         raise TaskError(f"the pair needs {len(tokens)} tokens, the context holds {max_len}")
     targets = _targets(roles, (OUTPUT, INPUT) if input_loss else (OUTPUT,))
-    return Sequence(tokens, rows, cols, planes, roles, targets, n_demos=0, task=task)
+    return Sequence(tokens, rows, cols, planes, roles, targets, task)
 
 
 def decode_grid(tokens: list[int]) -> Grid:
@@ -202,12 +146,9 @@ def next_coordinate(generated: list[int]) -> tuple[int, int]:
     return row, col
 
 
-def next_position(fmt: Format, prompt_len: int, generated: list[int]) -> tuple[int, int, int]:
-    """(row, column, third coordinate) of the next output-grid token after a prompt of `prompt_len` tokens and the
-    tokens generated so far, as `fmt` lays out a known output: third = the next sequence index (context) or the
-    output plane (pairs)."""
-    row, col = next_coordinate(generated)
-    return row, col, OUTPUT_PLANE if fmt == "pairs" else prompt_len + len(generated)
+def next_position(generated: list[int]) -> tuple[int, int, int]:
+    """(row, column, plane) of the next output-grid token, given the tokens generated so far."""
+    return *next_coordinate(generated), OUTPUT_PLANE
 
 
 @dataclass(frozen=True)
@@ -217,9 +158,9 @@ class Batch:
     tokens: torch.Tensor  # int64
     rows: torch.Tensor  # int64
     cols: torch.Tensor  # int64
-    pos: torch.Tensor  # int64 third coordinate: index in the sequence (context) or plane (pairs)
+    pos: torch.Tensor  # int64 plane
     targets: torch.Tensor  # bool, False on padding
-    task: torch.Tensor | None = None  # (B,) int64 each sequence's task code index (pair format)
+    task: torch.Tensor | None = None  # (B,) int64 each sequence's task code index
 
     def to(self, device: torch.device | str) -> "Batch":
         fields = (self.tokens, self.rows, self.cols, self.pos, self.targets, self.task)

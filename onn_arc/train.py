@@ -1,20 +1,16 @@
 """Teacher-forced training on ARC tasks (the library side of `onn-arc train`).
 
 Every step draws pool entries, applies one random whole-task augmentation to each,
-encodes them (DESIGN §3) and packs them into a batch of at most `batch_tokens`
+encodes them (DESIGN §3b) and packs them into a batch of at most `batch_tokens`
 padded tokens, then takes one optimizer step on the DESIGN §5 losses.
 
-The pool's entries depend on the model's format; batching does not (each entry has
-`task`, `length` and `encode(aug, max_len)`):
-- context: an `Example` is a task with one of its test pairs last (demo-only
-  sources: leave-one-out pseudo-tasks of their demos);
-- pairs (DESIGN §3b): a `PairExample` is one pair with its task's code index.
-  Sources give their demos and test pairs; demo-only sources (and sources without
-  test outputs) their demos, and, with `input_loss`, their test inputs alone with
-  the loss on input cells. A demo-only source's test output never enters the pool.
-  With `ModelConfig.copies` = K, every task enters as K augmented copies (`copies_of`,
-  the identity first), each with its own code and one augmentation for all its pairs,
-  so that no code sees its rule under two colour maps or orientations.
+A pool entry (`PairExample`) is one pair with its task's code index. Sources give
+their demos and test pairs; demo-only sources (and sources without test outputs)
+their demos, and, with `input_loss`, their test inputs alone with the loss on input
+cells. A demo-only source's test output never enters the pool. With
+`ModelConfig.copies` = K, every task enters as K augmented copies (`copies_of`, the
+identity first), each with its own code and one augmentation for all its pairs, so
+that no code sees its rule under two colour maps or orientations.
 
 Determinism and resumption: the data of step s on rank r comes from a generator
 seeded with (seed, s, r), and so does the torch RNG, so the step number is the
@@ -29,7 +25,7 @@ state, which --resume continues from.
 Stages: `prepare(..., init=checkpoint)` starts a new run from a checkpoint's weights with a fresh optimizer and lr
 schedule, so a long training can go on stage by stage; each checkpoint lists the stages behind it (checkpoint.py).
 A stage starts from the weights its init checkpoint ships (an EMA stage's average), with a fresh average of its own.
-A pair-format stage may train on other tasks than the one before it: shared tasks keep their codes (`_init_state`).
+A stage may train on other tasks than the one before it: shared tasks keep their codes (`_init_state`).
 
 Distributed data parallel (torchrun): each rank draws its own batch, gradients
 and Gauss-Newton statistics are averaged with all-reduce before the update, and
@@ -63,7 +59,7 @@ from onn_arc.losses import forward_backward
 from onn_arc.model import TinyONN
 from onn_arc.optim import GaussNewton, MuonAdamW
 from onn_arc.precision import resolve as resolve_precision
-from onn_arc.tokens import PAD, Batch, Format, Sequence, collate, encode_pair, encode_task, pair_room, task_room
+from onn_arc.tokens import PAD, Batch, Sequence, collate, encode_pair, pair_room
 
 EVAL_SPLITS = ("arc1-eval", "arc2-eval")
 BUCKET = 2  # a batch's companions come from the BUCKET × (how many fit) examples nearest its first in length
@@ -73,31 +69,9 @@ BUCKET = 2  # a batch's companions come from the BUCKET × (how many fit) exampl
 
 
 @dataclass(frozen=True)
-class Example:
-    """Context format: one training sequence before augmentation, a task and which test pair goes last."""
-
-    task: Task
-    test_index: int
-    view = None  # a random augmentation every time it is drawn
-
-    @functools.cached_property
-    def length(self) -> int:
-        """Its tokens with every demo, in its longest orientation: what the batcher buckets by."""
-        return task_room(self.task, self.test_index)
-
-    @functools.cached_property
-    def input_colours(self) -> frozenset[int]:
-        return input_colours(self.task)
-
-    def encode(self, aug: Augmentation, max_len: int) -> Sequence:
-        """The augmented sequence; TaskError when its test pair alone exceeds `max_len`."""
-        return encode_task(aug.apply(self.task), test_index=self.test_index, max_len=max_len)
-
-
-@dataclass(frozen=True)
 class PairExample:
-    """Pair format: one pair of `task` with the task's code index; a pair without output is a test input trained on
-    with the input loss only."""
+    """One pair of `task` with the task's code index; a pair without output is a test input trained on with the
+    input loss only."""
 
     task: Task
     pair: Pair
@@ -123,9 +97,6 @@ class PairExample:
         """The augmented pair (demo order means nothing here); TaskError when it exceeds `max_len`."""
         answer = self.pair.output is not None
         return encode_pair(aug.apply_pair(self.pair), self.code, answer, self.input_loss, max_len)
-
-
-Entry = Example | PairExample  # a pool entry: `task`, `length`, `input_colours`, `view`, `encode(aug, max_len)`
 
 
 def code_key(task_id: str, view: Augmentation | None) -> str:
@@ -155,7 +126,7 @@ def copies_of(task: Task, n: int, augment: AugmentConfig) -> list[Augmentation]:
 def pair_examples(
     task: Task, code: int, test_outputs: bool, input_loss: bool, view: Augmentation | None = None
 ) -> list[PairExample]:
-    """A task's pair-format entries (of its copy `view`, when given): every demo; its test pairs when
+    """A task's pool entries (of its copy `view`, when given): every demo; its test pairs when
     `test_outputs`, else, with `input_loss`, its test inputs stripped of their outputs."""
     demos = [PairExample(task, p, code, input_loss, view) for p in task.train]
     if test_outputs:
@@ -165,37 +136,22 @@ def pair_examples(
     return demos
 
 
-def pool_task_ids(pool: list[Entry]) -> tuple[str, ...]:
-    """The code key of each code index the pool's pair entries use, in index order (the model's `task_ids`)."""
-    ids = {ex.code: ex.key for ex in pool if isinstance(ex, PairExample)}
+def pool_task_ids(pool: list[PairExample]) -> tuple[str, ...]:
+    """The code key of each code index the pool's entries use, in index order (the model's `task_ids`)."""
+    ids = {ex.code: ex.key for ex in pool}
     return tuple(ids[i] for i in range(len(ids)))
-
-
-def leave_one_out(task: Task) -> list[Task]:
-    """Pseudo-tasks from a task's demos alone: each demo in turn becomes the test pair.
-
-    The task's own test pairs are dropped, so their outputs are never seen.
-    """
-    if len(task.train) < 2:
-        return []
-    return [
-        Task(id=task.id, train=task.train[:i] + task.train[i + 1 :], test=(Pair(input=p.input, output=p.output),))
-        for i, p in enumerate(task.train)
-    ]
 
 
 def build_pool(
     sources: list[str],
     demo_sources: list[str],
-    fmt: Format = "context",
     input_loss: bool = False,
     copies: int = 0,
     augment: AugmentConfig = AugmentConfig(),
-) -> tuple[list[Entry], TrainingData]:
-    """Entries in format `fmt` from `sources` (demos and test outputs) and `demo_sources` (demos only; their test
-    inputs too in the pair format with `input_loss`), and their provenance. In the pair format each task (each of
-    its `copies` augmented copies, drawn as `augment` says, when copies > 0) gets a code index, in order of first
-    appearance (`pool_task_ids`)."""
+) -> tuple[list[PairExample], TrainingData]:
+    """Entries from `sources` (demos and test outputs) and `demo_sources` (demos only; their test inputs too with
+    `input_loss`), and their provenance. Each task (each of its `copies` augmented copies, drawn as `augment` says,
+    when copies > 0) gets a code index, in order of first appearance (`pool_task_ids`)."""
     for name in sources:
         if name in EVAL_SPLITS:
             raise ConfigError(
@@ -204,21 +160,17 @@ def build_pool(
             )
     codes: dict[str, int] = {}
 
-    def entries(task: Task, test_outputs: bool) -> list[Entry]:
-        if fmt == "pairs":
-            views = copies_of(task, copies, augment) if copies else [None]
-            return [
-                ex
-                for view in views
-                for ex in pair_examples(
-                    task, codes.setdefault(code_key(task.id, view), len(codes)), test_outputs, input_loss, view
-                )
-            ]
-        if test_outputs:
-            return [Example(task, i) for i in range(len(task.test))]
-        return [Example(t, 0) for t in leave_one_out(task)]
+    def entries(task: Task, test_outputs: bool) -> list[PairExample]:
+        views = copies_of(task, copies, augment) if copies else [None]
+        return [
+            ex
+            for view in views
+            for ex in pair_examples(
+                task, codes.setdefault(code_key(task.id, view), len(codes)), test_outputs, input_loss, view
+            )
+        ]
 
-    pool: list[Entry] = []
+    pool: list[PairExample] = []
     seen_ids: list[str] = []
     n_tasks = 0
     for name in sources:
@@ -244,7 +196,7 @@ def build_pool(
 
 
 def sample_batch(
-    pool: list[Entry], rng: np.random.Generator, batch_tokens: int, max_len: int, augment: AugmentConfig
+    pool: list[PairExample], rng: np.random.Generator, batch_tokens: int, max_len: int, augment: AugmentConfig
 ) -> Batch:
     """A length-bucketed batch of at most `batch_tokens` padded tokens (longest sequence × sequences).
 
@@ -265,7 +217,7 @@ def sample_batch(
         aug = ex.view or augment.draw(rng, len(ex.task.train), ex.input_colours)
         try:
             seq = ex.encode(aug, max_len)
-        except TaskError:  # its test pair alone exceeds the context
+        except TaskError:  # it exceeds the context
             continue
         new_longest = max(longest, len(seq))
         if seqs and new_longest * (len(seqs) + 1) > batch_tokens:
@@ -448,7 +400,7 @@ class Run:
     paths: RunPaths
     model: TinyONN
     opt: torch.optim.Optimizer
-    pool: list[Entry]
+    pool: list[PairExample]
     data: TrainingData  # what this stage trains on
     earlier: list[Stage] = field(default_factory=list)  # the stages before this one, oldest first
     commands: list[str] = field(default_factory=list)  # the command lines of this stage (began it, then resumes)
@@ -562,17 +514,16 @@ def _check_init_model(init: ModelConfig, asked: ModelConfig) -> None:
 
 
 def _init_state(init: TinyONN, model: TinyONN) -> dict[str, torch.Tensor]:
-    """`init`'s weights for `model`, a new stage's model of the same architecture. With task codes, a stage may train
-    on other tasks than its init checkpoint did (e.g. a transductive stage adds a split's demos to the training
-    tasks): a task both know keeps its trained code, a task new to the stage starts from the mean of the trained
-    codes, as a task never trained on does at solve time."""
+    """`init`'s weights for `model`, a new stage's model of the same architecture. A stage may train on other tasks
+    than its init checkpoint did (e.g. a transductive stage adds a split's demos to the training tasks): a task both
+    know keeps its trained code, a task new to the stage starts from the mean of the trained codes, as a task never
+    trained on does at solve time."""
     state = init.state_dict()
-    if model.has_codes:
-        trained = state["task_codes.weight"]  # (N_init, D)
-        index = {task_id: i for i, task_id in enumerate(init.cfg.task_ids)}
-        mean = trained.mean(0)  # (D,)
-        codes = [trained[index[t]] if t in index else mean for t in model.cfg.task_ids]
-        state["task_codes.weight"] = torch.stack(codes)  # (N, D)
+    trained = state["task_codes.weight"]  # (N_init, D)
+    index = {task_id: i for i, task_id in enumerate(init.cfg.task_ids)}
+    mean = trained.mean(0)  # (D,)
+    codes = [trained[index[t]] if t in index else mean for t in model.cfg.task_ids]
+    state["task_codes.weight"] = torch.stack(codes)  # (N, D)
     return state
 
 
@@ -597,12 +548,8 @@ def prepare(
         raise ConfigError(f"{paths.root}: already holds a run; pass --resume to continue it or choose another --out")
     if init is not None:
         _check_init_model(init.meta.model, cfg.model)
-    pool, data = build_pool(
-        cfg.sources, cfg.demo_sources, cfg.model.format, cfg.input_loss, cfg.model.copies, cfg.augment
-    )
-    model_cfg = cfg.model
-    if model_cfg.format == "pairs":
-        model_cfg = model_cfg.model_copy(update={"task_ids": pool_task_ids(pool)})
+    pool, data = build_pool(cfg.sources, cfg.demo_sources, cfg.input_loss, cfg.model.copies, cfg.augment)
+    model_cfg = cfg.model.model_copy(update={"task_ids": pool_task_ids(pool)})
     torch.manual_seed(cfg.seed)
     model = TinyONN(model_cfg).to(device)
     opt = make_optimizer(model, cfg.optimizer)

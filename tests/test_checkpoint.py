@@ -27,7 +27,7 @@ from onn_arc.checkpoint import (
     unflatten_state,
 )
 from onn_arc.cli.app import app
-from onn_arc.config import ModelConfig
+from onn_arc.config import ModelConfig, TrainConfig
 from onn_arc.data import load_split, parse_task
 from onn_arc.errors import CheckpointError
 from onn_arc.model import TinyONN
@@ -42,14 +42,14 @@ DATA = TrainingData(
 
 
 def tiny(**overrides) -> TinyONN:
-    return TinyONN(ModelConfig.preset("tiny", **overrides))
+    return TinyONN(ModelConfig.preset("tiny", **({"task_ids": ("t1", "t2")} | overrides)))
 
 
 def trained_state(model: TinyONN) -> tuple[torch.optim.AdamW, dict]:
     """An AdamW that has taken a step, and a train state holding it, every RNG and a data cursor."""
     opt = torch.optim.AdamW(model.param_groups(0.1), lr=1e-3)
     tokens = torch.randint(0, 10, (1, 8))
-    model(tokens, tokens % 3, tokens % 4, torch.arange(8)[None]).square().mean().backward()
+    model(tokens, tokens % 3, tokens % 4, tokens % 6, task=torch.tensor([1])).square().mean().backward()
     opt.step()
     opt.zero_grad()
     rng = np.random.default_rng(123)
@@ -112,7 +112,7 @@ def test_round_trip_is_bit_exact(tmp_path: Path):
     for m, o in ((model, opt), (loaded.model, resumed)):
         torch.manual_seed(1)
         tokens = torch.randint(0, 10, (1, 8))
-        m(tokens, tokens % 3, tokens % 4, torch.arange(8)[None]).square().mean().backward()
+        m(tokens, tokens % 3, tokens % 4, tokens % 6, task=torch.tensor([1])).square().mean().backward()
         o.step()
     assert same_weights(model, loaded.model)
 
@@ -360,11 +360,58 @@ def test_a_chain_round_trips_adds_up_and_ships(chained):
 
 def test_a_format_1_checkpoint_reads_as_one_stage(saved):
     folder, _ = saved
-    edit_meta(folder, lambda m: (m.pop("stages"), m.update(format_version=1)))
+    edit_meta(folder, lambda m: (m.pop("stages"), m.update(format_version=1), m["model"].update(format="pairs")))
     meta = load_checkpoint(folder).meta
     (stage,) = meta.stages
     assert (stage.data, stage.steps, stage.saved, stage.commands, stage.init_sha256) == (DATA, 3, meta.created, [], None)
     assert meta.totals() == {"steps": 3} | dict.fromkeys(COUNTED[1:])  # nothing else was counted
+
+
+PAIR_FORMAT = {"format": "pairs", "task_codes": True, "planes": True}  # how format 2 named today's model
+
+
+def as_format_2(folder: Path, **fields) -> None:
+    """Rewrite the checkpoint as format 2 wrote it, its model config (and the training config's) naming `fields`."""
+
+    def edit(meta: dict) -> None:
+        meta["format_version"] = 2
+        for config in (meta["model"], meta["train_config"].get("model", {})):
+            config.update(fields)
+
+    edit_meta(folder, edit)
+
+
+def test_a_format_2_pair_checkpoint_reads_as_today_and_its_run_resumes(tmp_path: Path):
+    model = tiny()
+    train_config = TrainConfig(model=model.cfg).model_dump(mode="json")
+    folder = save_checkpoint(tmp_path / "old", model, DATA, 3, {}, train_config)
+    as_format_2(folder, **PAIR_FORMAT)
+    loaded = load_checkpoint(folder)
+    assert loaded.meta.model == model.cfg and same_weights(model, loaded.model)
+    assert TrainConfig.model_validate(loaded.meta.train_config).model == model.cfg  # what --resume starts from
+    edit_meta(folder, lambda m: (m["model"].pop("task_codes"), m["model"].pop("planes")))  # before the switches
+    assert load_checkpoint(folder).meta.model == model.cfg
+
+
+@pytest.mark.parametrize(
+    "fields, named",
+    [({}, "format='context'"), ({"format": "context"}, "format='context'"),
+     (PAIR_FORMAT | {"task_codes": False}, "task_codes=False"), (PAIR_FORMAT | {"planes": False}, "planes=False")],
+    ids=["no-format", "context", "no-codes", "2-d"],
+)  # fmt: skip
+def test_a_checkpoint_in_a_retired_format_is_refused_in_one_line_naming_the_last_commit_that_reads_it(saved, fields, named):
+    folder, _ = saved
+    as_format_2(folder, **fields)
+    one_line_error(folder, f"model.{named}: the in-context format and the format ablations were retired; commit 841b775")
+    result = CliRunner().invoke(app, ["inspect", str(folder)])
+    assert result.exit_code == 1 and "841b775" in result.stderr and len(result.stderr.strip().splitlines()) == 1
+
+
+def test_a_format_3_checkpoint_names_no_format(saved):
+    folder, _ = saved
+    assert "format" not in json.loads((folder / "checkpoint.json").read_text())["model"]
+    edit_meta(folder, lambda m: m["model"].update(format="pairs"))
+    one_line_error(folder, "model.format")  # a field this format does not have
 
 
 def test_the_shipped_checkpoint_still_loads(tmp_path: Path):
@@ -372,6 +419,7 @@ def test_the_shipped_checkpoint_still_loads(tmp_path: Path):
     assert meta.stages[-1].steps == meta.step > 0 and meta.data == TrainingData.union([s.data for s in meta.stages])
     assert meta.data.leaks_into(load_split("arc1-eval") + load_split("arc2-eval")) == []  # no evaluation answer, by id
     assert (meta.model.loops, meta.model.dropout, meta.stages[-1].ema) == (1, 0.0, 0.0)  # saved before they existed
+    assert meta.format_version == 2 and meta.model.n_task_codes == 553  # a pair-format checkpoint of format 2
 
 
 # ---------------------------------------------------------------- inspect
@@ -460,8 +508,8 @@ def test_export_weights_drops_train_state_only(tmp_path):
     assert all(torch.equal(a, b) for a, b in zip(shipped.model.state_dict().values(), model.state_dict().values()))
 
 
-def test_a_pair_format_model_round_trips_with_its_task_codes(tmp_path):
-    model = tiny(format="pairs", task_ids=("t1", "t2"))
+def test_a_model_round_trips_with_its_task_codes(tmp_path):
+    model = tiny()
     model.add_task_code("t3", "zero")
     save_checkpoint(tmp_path / "ck", model, DATA, step=1, metrics={})
     loaded = load_checkpoint(tmp_path / "ck").model

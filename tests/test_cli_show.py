@@ -125,11 +125,11 @@ def test_tasks_json_matches_the_files():
     assert report["n_tasks"] == len(by_id) == len(list(DATA.glob("*.json")))
     first = by_id["007bbfb7"]
     assert (first["demos"], first["tests"], first["largest_grid"]) == (5, 1, [9, 9])
-    # BOS + 5 demos of (IN, 3×4 tokens, OUT, 9×10 tokens) + IN, 3×4, OUT, 9×10, EOS
-    assert first["tokens"] == 1 + 5 * (2 + 12 + 90) + 3 + 12 + 90
+    # the longest pair: BOS, IN, 3×4 tokens, OUT, 9×10 tokens, EOS
+    assert first["tokens"] == 2 + 12 + 1 + 90 + 1
     assert report["tokens_max"] == max(row["tokens"] for row in report["tasks"])
-    # no test output: the sequence stops after the test pair's OUT marker; 4 demos of 3×3 grids
-    assert by_id["puzzle-no-answer"]["tokens"] == 1 + 4 * (2 + 12 + 12) + 2 + 12
+    # no test output: the test pair stops after its OUT marker, so a demo of 3×3 grids is the longest
+    assert by_id["puzzle-no-answer"]["tokens"] == 2 + 12 + 1 + 12 + 1
 
 
 def test_tasks_bad_source(tmp_path):

@@ -49,7 +49,7 @@ def changed(before: TrainConfig, after: TrainConfig) -> dict[str, Any]:
         (["--optimizer", "adamw", "--lr", "1e-3"], {"optimizer.name": "adamw", "optimizer.lr": 1e-3}),
         (["--arch", "dense"], {"model.arch": "dense"}),  # the default preset's shape, no "Field required"
         (["--d-model", "64"], {"model.d_model": 64}),
-        (["--format", "context"], {"model.format": "context"}),
+        (["--input-loss"], {"input_loss": True}),
         (["--gate-form", "median"], {"loss.gate_form": "median"}),
         (["--no-augment"], {"augment.dihedral": False, "augment.colours": False, "augment.shuffle": False}),
         (["--steps", "7"], {"steps": 7}),

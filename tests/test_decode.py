@@ -14,7 +14,7 @@ from onn_arc.config import ModelConfig
 from onn_arc.data import Pair, parse_task
 from onn_arc.errors import GridError
 from onn_arc.model import TinyONN
-from onn_arc.tokens import EOS, N_COLOURS, ROW, Sequence, collate, decode_grid, encode_pair, encode_task, next_position
+from onn_arc.tokens import EOS, N_COLOURS, ROW, Sequence, collate, decode_grid, encode_pair, next_position
 
 TASK = parse_task(
     {
@@ -27,13 +27,11 @@ TASK = parse_task(
 GRID_CHOICES = [*range(N_COLOURS), ROW]
 
 
-PAIRS = dict(format="pairs", task_ids=("other", "swap"))  # TASK has code 1
-
-
-def peaky_model(seed: int, arch: str = "onn", fmt: str = "context", loops: int = 1) -> TinyONN:
-    """A random tiny model with a sharpened head, so probabilities spread over many orders of magnitude."""
+def peaky_model(seed: int, arch: str = "onn", loops: int = 1) -> TinyONN:
+    """A random tiny model with a sharpened head, so probabilities spread over many orders of magnitude; TASK has
+    code 1."""
     torch.manual_seed(seed)
-    model = TinyONN(ModelConfig.preset("tiny", arch=arch, loops=loops, **(PAIRS if fmt == "pairs" else {}))).eval()
+    model = TinyONN(ModelConfig.preset("tiny", arch=arch, loops=loops, task_ids=("other", "swap"))).eval()
     with torch.no_grad():
         model.head.weight.mul_(4)
         for _, layer in model.routed_layers():
@@ -41,12 +39,9 @@ def peaky_model(seed: int, arch: str = "onn", fmt: str = "context", loops: int =
     return model
 
 
-def encode(fmt: str, output=None) -> Sequence:
-    """TASK's test pair in format `fmt`: a prompt (output None) or with `output` as its answer."""
-    pair = Pair(input=TASK.test[0].input, output=output)
-    if fmt == "pairs":
-        return encode_pair(pair, task=1, answer=output is not None)
-    return encode_task(TASK.model_copy(update={"test": (pair,)}), answer=output is not None)
+def encode(output=None) -> Sequence:
+    """TASK's test pair: a prompt (output None) or with `output` as its answer."""
+    return encode_pair(Pair(input=TASK.test[0].input, output=output), task=1, answer=output is not None)
 
 
 def choice_logprobs(logits: torch.Tensor) -> dict[int, float]:
@@ -58,8 +53,7 @@ def choice_logprobs(logits: torch.Tensor) -> dict[int, float]:
 
 def full_forward_choices(model: TinyONN, prompt, generated: list[int]) -> tuple[dict[int, float], float]:
     """Choices after `generated` and the mean activation rate there, from one uncached forward pass."""
-    coords = np.array([next_position(model.cfg.format, len(prompt), generated[:k]) for k in range(len(generated))])
-    coords = coords.reshape(-1, 3)  # (G, 3) row, column, third coordinate
+    coords = np.array([next_position(generated[:k]) for k in range(len(generated))]).reshape(-1, 3)  # (G, 3)
     tokens = np.concatenate([prompt.tokens, generated])
     rows, cols, pos = (np.concatenate([getattr(prompt, k), coords[:, i]]) for i, k in enumerate(("rows", "cols", "pos")))
     args = (torch.as_tensor(a.astype(np.int64))[None] for a in (tokens, rows, cols, pos))
@@ -70,14 +64,13 @@ def full_forward_choices(model: TinyONN, prompt, generated: list[int]) -> tuple[
 
 
 @pytest.mark.parametrize("loops", [1, 2])
-@pytest.mark.parametrize("fmt", ["context", "pairs"])
 @pytest.mark.parametrize("arch", ["onn", "dense"])
 @pytest.mark.parametrize("seed", [1, 3])
-def test_greedy_over_the_cache_equals_argmax_over_full_forward_passes(seed, arch, fmt, loops):
+def test_greedy_over_the_cache_equals_argmax_over_full_forward_passes(seed, arch, loops):
     """With weight-tied depth (loops=2) the cache holds a slot per loop and block; the activation rate averages the
     loops, as `last_rate` does."""
-    model = peaky_model(seed, arch, fmt, loops)
-    prompt = encode(fmt)
+    model = peaky_model(seed, arch, loops)
+    prompt = encode()
     (found,) = decode.greedy(model, prompt)
     generated, total, probs, rates = [], 0.0, [], []
     while not generated or generated[-1] != EOS:
@@ -101,12 +94,10 @@ def test_greedy_over_the_cache_equals_argmax_over_full_forward_passes(seed, arch
     assert np.all(found.activation == 1.0) if arch == "dense" else np.all((found.activation > 0) & (found.activation < 1))
 
 
-def prompts_of_several_lengths(fmt: str) -> list[Sequence]:
-    """Test inputs of four sizes as prompts (the first twice), in the pair format under both task codes."""
+def prompts_of_several_lengths() -> list[Sequence]:
+    """Test inputs of four sizes as prompts (the first twice), under both task codes."""
     inputs = [((4, 5),), ((1,), (2,), (3,)), ((0, 1, 2), (3, 4, 5)), ((4, 5),), ((7, 7, 8, 8, 9, 6, 5),)]
-    if fmt == "pairs":
-        return [encode_pair(Pair(input=g), task=i % 2, answer=False) for i, g in enumerate(inputs)]
-    return [encode_task(TASK.model_copy(update={"test": (Pair(input=g),)}), answer=False) for g in inputs]
+    return [encode_pair(Pair(input=g), task=i % 2, answer=False) for i, g in enumerate(inputs)]
 
 
 def assert_same_candidates(batched: list[decode.Candidate], alone: list[decode.Candidate]) -> None:
@@ -119,16 +110,14 @@ def assert_same_candidates(batched: list[decode.Candidate], alone: list[decode.C
 
 
 @pytest.mark.parametrize("loops", [1, 2])
-@pytest.mark.parametrize("fmt", ["context", "pairs"])
 @pytest.mark.parametrize("arch", ["onn", "dense"])
 @pytest.mark.parametrize("seed", [1, 3])
-def test_greedy_batch_decodes_each_prompt_as_greedy_does_alone(seed, arch, fmt, loops):
+def test_greedy_batch_decodes_each_prompt_as_greedy_does_alone(seed, arch, loops):
     """Prompts of different lengths (left-padded) and a token budget that cuts the longer grids; SBL activation rates
-    stay per row. The pair-format models here write grids of several lengths, so rows leave the batch at different
-    steps and some run out of budget while others go on (the context-format ones write one grid for every prompt
-    here: the next test cuts their rows at different steps)."""
-    model = peaky_model(seed, arch, fmt, loops)
-    prompts = prompts_of_several_lengths(fmt)
+    stay per row. The models here write grids of several lengths, so rows leave the batch at different steps and some
+    run out of budget while others go on."""
+    model = peaky_model(seed, arch, loops)
+    prompts = prompts_of_several_lengths()
     assert len({len(p) for p in prompts}) > 2
     alone = [decode.greedy(model, p) for p in prompts]
     done = []
@@ -140,17 +129,15 @@ def test_greedy_batch_decodes_each_prompt_as_greedy_does_alone(seed, arch, fmt, 
     cut = decode.greedy_batch(model, prompts, max_tokens=budget)
     for b, p in zip(cut, prompts, strict=True):
         assert_same_candidates(b, decode.greedy(model, p, max_tokens=budget))
-    if fmt == "pairs":
-        assert len({len(c.tokens) for found in alone for c in found}) > 1 and [] in cut and any(cut)
+    assert len({len(c.tokens) for found in alone for c in found}) > 1 and [] in cut and any(cut)
 
 
-@pytest.mark.parametrize("fmt,extra", [("context", 2), ("pairs", 4)])
-def test_greedy_batch_stops_each_row_where_its_context_ends(fmt, extra):
-    """A context that ends `extra` tokens after the longest prompt: the shorter prompts have more room, so some rows
-    run out of context while others finish their grids."""
-    model = peaky_model(1, fmt=fmt)
-    prompts = prompts_of_several_lengths(fmt)
-    small = TinyONN(model.cfg.model_copy(update={"max_len": max(map(len, prompts)) + extra})).eval()
+def test_greedy_batch_stops_each_row_where_its_context_ends():
+    """A context that ends 4 tokens after the longest prompt: the shorter prompts have more room, so some rows run out
+    of context while others finish their grids."""
+    model = peaky_model(1)
+    prompts = prompts_of_several_lengths()
+    small = TinyONN(model.cfg.model_copy(update={"max_len": max(map(len, prompts)) + 4})).eval()
     small.load_state_dict(model.state_dict())
     batched = decode.greedy_batch(small, prompts)
     assert [] in batched and any(batched)
@@ -174,9 +161,8 @@ def all_grid_sequences(max_tokens: int) -> list[list[int]]:
 
 def exhaustive_logprobs(model: TinyONN, sequences: list[list[int]]) -> list[float]:
     """Teacher-forced log-probabilities of each grid as the task's test output, uncached, in one batch."""
-    fmt = model.cfg.format
-    start = len(encode(fmt))
-    batch = collate([encode(fmt, decode_grid(generated)) for generated in sequences])
+    start = len(encode())
+    batch = collate([encode(decode_grid(generated)) for generated in sequences])
     with torch.no_grad():
         logits = model(batch.tokens, batch.rows, batch.cols, batch.pos, task=batch.task)  # (B, T, V)
     totals = []
@@ -187,15 +173,15 @@ def exhaustive_logprobs(model: TinyONN, sequences: list[list[int]]) -> list[floa
     return totals
 
 
-@pytest.mark.parametrize("seed,min_prob,fmt", [(1, 1e-3, "context"), (3, 2e-4, "context"), (3, 1e-4, "pairs")])
-def test_dfs_with_cache_cropping_equals_exhaustive_enumeration(seed, min_prob, fmt):
-    model = peaky_model(seed, fmt=fmt)
+@pytest.mark.parametrize("seed,min_prob", [(3, 1e-3), (3, 1e-4)])
+def test_dfs_with_cache_cropping_equals_exhaustive_enumeration(seed, min_prob):
+    model = peaky_model(seed)
     max_tokens = 5  # grids 1×1, 1×2, 1×3 and 2×1: 1210 sequences
     sequences = all_grid_sequences(max_tokens)
     assert len(sequences) == 10 + 100 + 1000 + 100
     reference = dict(zip(map(tuple, sequences), exhaustive_logprobs(model, sequences)))
 
-    found = decode.dfs(model, encode(fmt), min_prob, max_candidates=10_000, max_tokens=max_tokens)
+    found = decode.dfs(model, encode(), min_prob, max_candidates=10_000, max_tokens=max_tokens)
     by_tokens = {c.tokens: c for c in found}
     assert len(by_tokens) == len(found) >= 3
     assert len({len(t) for t in by_tokens}) >= 2  # the search branched to different depths
@@ -211,7 +197,7 @@ def test_dfs_with_cache_cropping_equals_exhaustive_enumeration(seed, min_prob, f
 
 def test_dfs_stops_at_max_candidates_and_rejects_a_bad_floor():
     model = peaky_model(1)
-    prompt = encode_task(TASK, answer=False)
+    prompt = encode()
     assert len(decode.dfs(model, prompt, 1e-3, max_candidates=2, max_tokens=5)) == 2
     with pytest.raises(ValueError, match="min_prob"):
         decode.dfs(model, prompt, 0.0)
@@ -219,7 +205,7 @@ def test_dfs_stops_at_max_candidates_and_rejects_a_bad_floor():
 
 def test_decoding_stops_where_the_context_ends():
     model = peaky_model(2)
-    prompt = encode_task(TASK, answer=False)
+    prompt = encode()
     small = TinyONN(model.cfg.model_copy(update={"max_len": len(prompt) + 2}))
     small.load_state_dict(model.state_dict())
     assert all(len(c.tokens) <= 3 for c in decode.dfs(small.eval(), prompt, 1e-6, max_candidates=100))

@@ -24,7 +24,7 @@ from onn_arc.evaluate import REPORT, RESULTS, TIMING, evaluate, run_task, teache
 from onn_arc.model import TinyONN
 from onn_arc.scoring import BASELINE_KEYS, load_submission
 from onn_arc.solve import solve_task, with_task_code
-from onn_arc.tokens import encode_pair, encode_task, grid_length
+from onn_arc.tokens import encode_pair, grid_length
 
 DATA = Path(__file__).resolve().parents[1] / "data"
 TASKS = load_source(str(DATA))  # 007bbfb7 (too long for a 64-token context), 25ff71a9 (2 tests), 6150a2bd, puzzle-no-answer
@@ -91,9 +91,9 @@ def test_the_tuned_loss_is_the_true_outputs_loss_under_the_model_that_decodes(ch
     assert row["tuned_tf_loss"] != pytest.approx(row["tf_loss"])
 
 
-def test_a_pair_task_is_scored_and_solved_with_one_copy_of_the_model_with_its_fresh_code(monkeypatch):
+def test_a_task_is_scored_and_solved_with_one_copy_of_the_model_with_its_fresh_code(monkeypatch):
     torch.manual_seed(0)
-    model = TinyONN(ModelConfig.preset("tiny", max_len=64, format="pairs", task_ids=("x",))).eval()
+    model = TinyONN(ModelConfig.preset("tiny", max_len=64, task_ids=("x",))).eval()
     task = TASKS[1]  # 25ff71a9: two tests, no code in the model
     made, add = [], TinyONN.add_task_code
 
@@ -242,24 +242,9 @@ def test_a_checkpoint_trained_on_the_test_outputs_is_refused(tmp_path):
     assert fit["seen_tasks"] == 1 and fit["n_tasks"] == 2
 
 
-def test_teacher_forced_loss_counts_only_the_true_test_output(checkpoint):
-    model = load_checkpoint(checkpoint).model
-    task = TASKS[1]  # 25ff71a9, 2 tests
-    for i in range(2):
-        seq = encode_task(task, i, max_len=64)
-        start = len(seq) - grid_length(task.test[i].output) - 1  # the output's first token; EOS is last
-        args = (torch.as_tensor(a)[None] for a in (seq.tokens, seq.rows, seq.cols, range(len(seq))))
-        with torch.no_grad():
-            logits = model(*args)[0]  # (T, V)
-        expected = F.cross_entropy(logits[start - 1 : -1], torch.as_tensor(seq.tokens[start:])).item()
-        assert teacher_forced_loss(model, task, i) == pytest.approx(expected, rel=1e-5)
-    assert teacher_forced_loss(model, TASKS[3], 0) is None  # no output
-    assert teacher_forced_loss(model, TASKS[0], 0) is None  # does not fit the context
-
-
-def test_teacher_forced_loss_in_the_pair_format_scores_the_test_pair_alone_with_the_tasks_code():
+def test_teacher_forced_loss_scores_the_true_test_output_alone_with_the_tasks_code():
     torch.manual_seed(0)
-    model = TinyONN(ModelConfig.preset("tiny", max_len=64, format="pairs", task_ids=("x", "25ff71a9"))).eval()
+    model = TinyONN(ModelConfig.preset("tiny", max_len=64, task_ids=("x", "25ff71a9"))).eval()
     task = TASKS[1]  # 25ff71a9, code 1
 
     def expected(m: TinyONN, task: Task, code: int, i: int) -> float:
@@ -277,6 +262,8 @@ def test_teacher_forced_loss_in_the_pair_format_scores_the_test_pair_alone_with_
     for init in ("mean", "zero"):
         assert fresh[init] == pytest.approx(expected(with_task_code(model, new, init), new, 2, 0), rel=1e-5)
     assert fresh["mean"] != fresh["zero"] and model.cfg.task_ids == ("x", "25ff71a9")
+    assert teacher_forced_loss(model, TASKS[3], 0) is None  # no output
+    assert teacher_forced_loss(model, TASKS[0], 0) is None  # does not fit the context
 
 
 def test_the_report_says_whether_the_checkpoint_trained_on_the_tasks_demos(uninterrupted, checkpoint, tmp_path):
@@ -289,7 +276,7 @@ def test_the_report_says_whether_the_checkpoint_trained_on_the_tasks_demos(unint
     quick = CFG.model_copy(update={"ttt_steps": 0, "views": 1})
     report = evaluate(folder, load_source(source), quick, tmp_path / "a", source=source).report
     assert (report["summary"]["mode"], report["summary"]["transductive_tasks"]) == ("transductive", 1)
-    # by another name a context model cannot tell: it has no task codes to go by
+    # by another name a model without the task's code cannot tell
     report = evaluate(folder, TASKS[2:], quick, tmp_path / "b", source=str(DATA)).report
     assert (report["summary"]["mode"], report["summary"]["transductive_tasks"]) == ("inductive", 0)
 

@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 
 from onn_arc.config import LossConfig, ModelConfig
-from onn_arc.data import find_task
+from onn_arc.data import Pair, find_task
 from onn_arc.losses import (
     GATE_FORMS,
     SurpriseRecorder,
@@ -21,17 +21,23 @@ from onn_arc.losses import (
     uncertainty,
 )
 from onn_arc.model import SBL, SIGMA_INIT, TinyONN
-from onn_arc.tokens import BOS, EOS, N_COLOURS, OUT, PAD, ROW, collate, decode_grid, encode_task, next_coordinate
+from onn_arc.tokens import BOS, EOS, N_COLOURS, OUT, PAD, ROW, collate, decode_grid, encode_pair, next_position
+
+TASKS = ("6150a2bd", "d631b094")
 
 
 @pytest.fixture(scope="module")
 def batch():
-    """Two real ARC-AGI-1 tasks of different lengths, right-padded."""
-    return collate([encode_task(find_task("6150a2bd")), encode_task(find_task("d631b094"))])
+    """Every pair of two real ARC-AGI-1 tasks (pairs of different lengths, right-padded), each with its task's code."""
+    return collate([encode_pair(p, task=i) for i, t in enumerate(map(find_task, TASKS)) for p in (*t.train, *t.test)])
 
 
-def tiny(arch: str = "onn") -> TinyONN:
-    return TinyONN(ModelConfig.preset("tiny", arch=arch))
+def tiny(arch: str = "onn", **overrides) -> TinyONN:
+    return TinyONN(ModelConfig.preset("tiny", arch=arch, task_ids=TASKS, **overrides))
+
+
+def forward(model: TinyONN, b) -> torch.Tensor:
+    return model(b.tokens, b.rows, b.cols, b.pos, task=b.task)
 
 
 def test_main_loss_is_shifted_next_token_cross_entropy():
@@ -59,7 +65,7 @@ def recorded_step(model: TinyONN, batch, index: torch.Tensor):
     layers = [layer for _, layer in model.routed_layers()]
     handles = [layer.register_forward_hook(lambda m, i, y: outputs.__setitem__(m, y)) for layer in layers]
     with SurpriseRecorder(layers, index) as recorder:
-        logits = model(batch.tokens, batch.rows, batch.cols, batch.pos)
+        logits = forward(model, batch)
     for h in handles:
         h.remove()
     loss, _ = main_loss(logits, batch.tokens, batch.targets)
@@ -86,7 +92,7 @@ def test_surprise_is_the_main_loss_gradient_at_each_sbl_output(batch):
 def test_with_loops_every_application_of_an_sbl_gets_its_own_surprise(batch):
     """Weight-tied depth applies each SBL once per loop: the recorder keeps each application's input and the main
     loss's gradient at that application's output, so the gate loss sees every loop's routing."""
-    model = TinyONN(ModelConfig.preset("tiny", loops=2))
+    model = tiny(loops=2)
     layers = [layer for _, layer in model.routed_layers()]
     inputs, outputs = {layer: [] for layer in layers}, {layer: [] for layer in layers}
 
@@ -96,7 +102,7 @@ def test_with_loops_every_application_of_an_sbl_gets_its_own_surprise(batch):
 
     handles = [layer.register_forward_hook(keep) for layer in layers]
     with SurpriseRecorder(layers, torch.arange(batch.tokens.numel())) as recorder:
-        logits = model(batch.tokens, batch.rows, batch.cols, batch.pos)
+        logits = forward(model, batch)
     for h in handles:
         h.remove()
     loss, _ = main_loss(logits, batch.tokens, batch.targets)
@@ -205,7 +211,7 @@ def rate_after_gate_training(batch, form: str, steps: int = 40) -> float:
         opt.step()
         opt.zero_grad(set_to_none=True)
     with torch.no_grad():
-        model(batch.tokens, batch.rows, batch.cols, batch.pos)
+        forward(model, batch)
     return activation_rate([layer for _, layer in model.routed_layers()], batch.tokens != PAD)
 
 
@@ -290,26 +296,27 @@ def test_same_seed_gives_bit_identical_losses(batch, arch):
 
 
 def greedy(model: TinyONN, task, limit: int = 40) -> list[int]:
-    """Greedy decoding of the test output with the KV cache; returns the generated tokens, closer included."""
-    prompt = collate([encode_task(task, answer=False)])
+    """Greedy decoding of the test output under code 0 with the KV cache; returns the generated tokens, closer
+    included."""
+    prompt = collate([encode_pair(Pair(input=task.test[0].input), answer=False)])
     cache = model.new_cache()
-    logits = model(prompt.tokens, prompt.rows, prompt.cols, prompt.pos, cache)
+    logits = model(prompt.tokens, prompt.rows, prompt.cols, prompt.pos, cache, prompt.task)
     generated: list[int] = []
     while len(generated) < limit:
         token = int(logits[0, -1].argmax())
-        row, col = next_coordinate(generated)
+        position = next_position(generated)
         generated.append(token)
         if token >= N_COLOURS and token != ROW:
             break
-        step = [torch.tensor([[v]]) for v in (token, row, col, cache.length)]
-        logits = model(*step, cache=cache)
+        step = [torch.tensor([[v]]) for v in (token, *position)]
+        logits = model(*step, cache=cache, task=prompt.task)
     return generated
 
 
 @pytest.mark.parametrize("arch", ["onn", "dense"])
 def test_tiny_model_overfits_one_task_and_decodes_it_greedily(arch):
     task = find_task("6150a2bd")  # 3x3 grids: the output is the input turned by 180 degrees
-    batch = collate([encode_task(task)])
+    batch = collate([encode_pair(p) for p in (*task.train, *task.test)])  # code 0
     torch.manual_seed(0)
     model = tiny(arch)
     opt = torch.optim.AdamW(model.param_groups(0.0), lr=1e-2)

@@ -10,13 +10,23 @@ from onn_arc.config import LossConfig, ModelConfig
 from onn_arc.data import find_task
 from onn_arc.errors import ConfigError
 from onn_arc.model import SBL, KVCache, Linear, TinyONN
-from onn_arc.tokens import BOS, EOS, IN, OUT, ROW, collate, encode_pair, encode_task
+from onn_arc.tokens import collate, encode_pair
+
+def tiny(**overrides) -> ModelConfig:
+    """The tiny preset with three task codes."""
+    return ModelConfig.preset("tiny", **({"task_ids": ("a", "b", "c")} | overrides))
+
+
+def pair_batch():
+    """Two pairs of a real task (28 and 116 tokens) with task codes 2 and 0."""
+    task = find_task("d23f8c26")
+    return collate([encode_pair(task.train[0], task=2), encode_pair(task.test[0], task=0)])
 
 
 @pytest.fixture(scope="module")
 def batch():
-    """A real ARC-AGI-1 task (3 demos, 266 tokens) as a batch of one."""
-    return collate([encode_task(find_task("d23f8c26"))])
+    """A real ARC-AGI-1 test pair (116 tokens) with task code 1, as a batch of one."""
+    return collate([encode_pair(find_task("d23f8c26").test[0], task=1)])
 
 
 def naive_sbl(layer: SBL, x: torch.Tensor) -> torch.Tensor:
@@ -106,53 +116,35 @@ def feed(model: TinyONN, b, cache: KVCache, start: int, end: int) -> torch.Tenso
     return model(b.tokens[:, start:end], b.rows[:, start:end], b.cols[:, start:end], b.pos[:, start:end], cache, b.task)
 
 
-PAIRS = dict(format="pairs", task_ids=("a", "b", "c"))
-
-
-def pair_batch():
-    """Two pairs of a real task (28 and 116 tokens) with task codes 2 and 0."""
-    task = find_task("d23f8c26")
-    return collate([encode_pair(task.train[0], task=2), encode_pair(task.test[0], task=0)])
+def forward(model: TinyONN, b) -> torch.Tensor:
+    return model(b.tokens, b.rows, b.cols, b.pos, task=b.task)
 
 
 @pytest.mark.parametrize(
     "arch,n_heads,loops", [("onn", 1, 1), ("dense", 1, 1), ("onn", 2, 1), ("onn", 1, 2), ("dense", 2, 3)]
 )
-def test_cached_decoding_matches_full_forward(batch, arch, n_heads, loops):
-    model = TinyONN(ModelConfig.preset("tiny", arch=arch, n_heads=n_heads, loops=loops)).eval()
-    n = batch.tokens.shape[1]
+def test_cached_decoding_matches_full_forward(arch, n_heads, loops):
+    """Two pairs (right-padded) under two task codes: one token at a time, in chunks, and after cropping the cache."""
+    model = TinyONN(tiny(arch=arch, n_heads=n_heads, loops=loops)).eval()
+    b = pair_batch()
+    n = b.tokens.shape[1]
     with torch.no_grad():
-        full = model(batch.tokens, batch.rows, batch.cols, batch.pos)  # (1, T, V)
+        full = forward(model, b)  # (2, T, V)
 
         cache = model.new_cache()
-        one_by_one = torch.cat([feed(model, batch, cache, t, t + 1) for t in range(n)], dim=1)
+        one_by_one = torch.cat([feed(model, b, cache, t, t + 1) for t in range(n)], dim=1)
         assert cache.length == n
         torch.testing.assert_close(one_by_one, full, rtol=0, atol=1e-5)
 
         cache = model.new_cache()
-        bounds = [0, 1, 40, 47, 130, 131, 200, n]  # a prompt chunk, then chunks of several sizes
-        chunks = torch.cat([feed(model, batch, cache, a, b) for a, b in zip(bounds, bounds[1:])], dim=1)
+        bounds = [0, 1, 20, 27, 60, 61, 90, n]  # a prompt chunk, then chunks of several sizes
+        chunks = torch.cat([feed(model, b, cache, x, y) for x, y in zip(bounds, bounds[1:])], dim=1)
         torch.testing.assert_close(chunks, full, rtol=0, atol=1e-5)
 
-        cache.crop(150)  # backtrack, then feed the rest again
-        assert cache.length == 150
-        refed = torch.cat([feed(model, batch, cache, 150, 151), feed(model, batch, cache, 151, n)], dim=1)
-        torch.testing.assert_close(refed, full[:, 150:], rtol=0, atol=1e-5)
-
-
-@pytest.mark.parametrize("arch,loops", [("onn", 1), ("dense", 1), ("onn", 2)])
-def test_cached_decoding_matches_full_forward_in_the_pair_format(arch, loops):
-    model = TinyONN(ModelConfig.preset("tiny", arch=arch, loops=loops, **PAIRS)).eval()
-    b = pair_batch()
-    n = b.tokens.shape[1]
-    with torch.no_grad():
-        full = model(b.tokens, b.rows, b.cols, b.pos, task=b.task)  # (2, T, V)
-        cache = model.new_cache()
-        one_by_one = torch.cat([feed(model, b, cache, t, t + 1) for t in range(n)], dim=1)
-        torch.testing.assert_close(one_by_one, full, rtol=0, atol=1e-5)
-        cache.crop(20)
-        refed = torch.cat([feed(model, b, cache, 20, 33), feed(model, b, cache, 33, n)], dim=1)
-        torch.testing.assert_close(refed, full[:, 20:], rtol=0, atol=1e-5)
+        cache.crop(70)  # backtrack, then feed the rest again
+        assert cache.length == 70
+        refed = torch.cat([feed(model, b, cache, 70, 71), feed(model, b, cache, 71, n)], dim=1)
+        torch.testing.assert_close(refed, full[:, 70:], rtol=0, atol=1e-5)
 
 
 @pytest.mark.parametrize("arch,loops", [("onn", 1), ("dense", 1), ("onn", 2)])
@@ -160,7 +152,7 @@ def test_left_padding_under_the_attention_mask_changes_no_real_position(arch, lo
     """Two pairs (28 and 116 tokens) left-padded into one batch: with `attention_mask` each real position's logits
     are those of its pair alone, in a full forward and over the cache (a chunk, then one token at a time); dropping
     a row from the cache (`keep`) leaves the other's."""
-    model = TinyONN(ModelConfig.preset("tiny", arch=arch, loops=loops, **PAIRS)).eval()
+    model = TinyONN(tiny(arch=arch, loops=loops)).eval()
     b = pair_batch()  # right-padded
     lengths = [28, 116]
     pad = [max(lengths) - n for n in lengths]
@@ -184,10 +176,10 @@ def test_left_padding_under_the_attention_mask_changes_no_real_position(arch, lo
 
 
 def test_task_code_conditions_every_token_and_positions_are_relative():
-    model = TinyONN(ModelConfig.preset("tiny", **PAIRS)).eval()
+    model = TinyONN(tiny()).eval()
     b = pair_batch()
     with torch.no_grad():
-        logits = model(b.tokens, b.rows, b.cols, b.pos, task=b.task)
+        logits = forward(model, b)
         other = model(b.tokens, b.rows, b.cols, b.pos, task=torch.tensor([1, 0]))
         shifted = model(b.tokens, b.rows, b.cols, b.pos + 7, task=b.task)  # rotary sees only plane offsets
         with pytest.raises(ValueError, match="task"):
@@ -197,16 +189,16 @@ def test_task_code_conditions_every_token_and_positions_are_relative():
     torch.testing.assert_close(shifted, logits, rtol=0, atol=1e-5)
 
 
-def test_pair_rotary_splits_head_pairs_over_plane_row_and_column():
-    rotary = TinyONN(ModelConfig.preset("tiny", **PAIRS)).rotary  # head dim 16: 8 pairs
-    assert (len(rotary.third_freqs), len(rotary.row_freqs), len(rotary.col_freqs)) == (2, 3, 3)
-    context = TinyONN(ModelConfig.preset("tiny")).rotary
-    assert (len(context.third_freqs), len(context.row_freqs), len(context.col_freqs)) == (4, 2, 2)
+def test_rotary_splits_head_pairs_over_plane_row_and_column():
+    rotary = TinyONN(tiny()).rotary  # head dim 16: 8 pairs
+    assert (len(rotary.plane_freqs), len(rotary.row_freqs), len(rotary.col_freqs)) == (2, 3, 3)
+    wide = TinyONN(tiny(d_model=64, n_heads=2)).rotary  # head dim 32: 16 pairs
+    assert (len(wide.plane_freqs), len(wide.row_freqs), len(wide.col_freqs)) == (4, 6, 6)
 
 
 @pytest.mark.parametrize("init", ["mean", "zero"])
 def test_add_task_code_grows_the_table_and_the_config(init):
-    model = TinyONN(ModelConfig.preset("tiny", **PAIRS))
+    model = TinyONN(tiny())
     trained = model.task_codes.weight.detach().clone()
     assert model.add_task_code("new", init) == 3
     assert model.cfg.task_ids == ("a", "b", "c", "new") and model.task_codes.weight.shape == (4, 16)
@@ -219,13 +211,13 @@ def test_add_task_code_grows_the_table_and_the_config(init):
     assert TinyONN(model.cfg).state_dict().keys() == model.state_dict().keys()  # the config rebuilds it
     with pytest.raises(ValueError, match="already has code 3"):
         model.add_task_code("new")
-    with pytest.raises(ValueError, match="pairs"):
-        TinyONN(ModelConfig.preset("tiny")).add_task_code("x")
+    codeless = TinyONN(ModelConfig.preset("tiny"))  # a model with no code yet: the first is zero, whatever `init`
+    assert codeless.add_task_code("x", init) == 0 and torch.equal(codeless.task_codes.weight, torch.zeros(1, 16))
 
 
 def test_cache_crop_and_capacity_are_checked():
-    model = TinyONN(ModelConfig.preset("tiny", max_len=16)).eval()
-    b = collate([encode_task(find_task("6150a2bd"))])
+    model = TinyONN(tiny(max_len=16)).eval()
+    b = collate([encode_pair(find_task("6150a2bd").train[0])])  # 28 tokens
     cache = model.new_cache()
     with torch.no_grad():
         feed(model, b, cache, 0, 10)
@@ -234,7 +226,7 @@ def test_cache_crop_and_capacity_are_checked():
         with pytest.raises(ValueError, match="max_len=16"):
             feed(model, b, cache, 10, 17)
         with pytest.raises(ValueError, match="max_len=16"):
-            model(b.tokens, b.rows, b.cols, b.pos)
+            forward(model, b)
 
 
 @pytest.mark.parametrize("arch", ["onn", "dense"])
@@ -259,7 +251,7 @@ def test_param_groups_cover_every_parameter_once(arch):
 
 @pytest.mark.parametrize("arch", ["onn", "dense"])
 def test_param_groups_decay_the_block_weight_matrices_only(arch):
-    model = TinyONN(ModelConfig.preset("tiny", arch=arch, n_layers=2, **PAIRS))
+    model = TinyONN(tiny(arch=arch, n_layers=2))
     names = {id(p): name for name, p in model.named_parameters()}
     decayed = {names[id(p)] for g in model.param_groups(0.1) if g["weight_decay"] for p in g["params"]}
     weight = "mu" if arch == "onn" else "weight"
@@ -274,15 +266,14 @@ def test_param_groups_decay_the_block_weight_matrices_only(arch):
 def test_loops_run_the_stack_again_with_the_same_weights(batch):
     """loops=2 over one block is two blocks holding the same weights; each SBL's last_rate is the mean over the
     loops; no parameter is added."""
-    looped = TinyONN(ModelConfig.preset("tiny", loops=2)).eval()
-    unrolled = TinyONN(ModelConfig.preset("tiny", n_layers=2)).eval()
-    assert looped.num_params() == TinyONN(ModelConfig.preset("tiny")).num_params()
+    looped = TinyONN(tiny(loops=2)).eval()
+    unrolled = TinyONN(tiny(n_layers=2)).eval()
+    assert looped.num_params() == TinyONN(tiny()).num_params()
     state = looped.state_dict()
     second = {k.replace("blocks.0.", "blocks.1."): v for k, v in state.items() if k.startswith("blocks.0.")}
     unrolled.load_state_dict(state | second)
     with torch.no_grad():
-        a = looped(batch.tokens, batch.rows, batch.cols, batch.pos)
-        b = unrolled(batch.tokens, batch.rows, batch.cols, batch.pos)
+        a, b = forward(looped, batch), forward(unrolled, batch)
     torch.testing.assert_close(a, b, rtol=0, atol=0)
     for name, layer in looped.routed_layers():
         rates = [dict(unrolled.routed_layers())[name.replace("blocks.0.", f"blocks.{i}.")].last_rate for i in (0, 1)]
@@ -292,15 +283,14 @@ def test_loops_run_the_stack_again_with_the_same_weights(batch):
 @pytest.mark.parametrize("loops", [1, 2])
 def test_dropout_acts_in_training_only(batch, loops):
     torch.manual_seed(0)
-    dropped = TinyONN(ModelConfig.preset("tiny", loops=loops, dropout=0.2))
-    plain = TinyONN(ModelConfig.preset("tiny", loops=loops))
+    dropped = TinyONN(tiny(loops=loops, dropout=0.2))
+    plain = TinyONN(tiny(loops=loops))
     plain.load_state_dict(dropped.state_dict())
-    args = (batch.tokens, batch.rows, batch.cols, batch.pos)
     with torch.no_grad():
-        evaluated = [dropped.eval()(*args) for _ in range(2)]
-        assert torch.equal(evaluated[0], evaluated[1]) and torch.equal(evaluated[0], plain.eval()(*args))
-        assert torch.equal(plain.train()(*args), evaluated[0])  # dropout 0: training mode changes nothing
-        trained = [dropped.train()(*args) for _ in range(2)]
+        evaluated = [forward(dropped.eval(), batch) for _ in range(2)]
+        assert torch.equal(evaluated[0], evaluated[1]) and torch.equal(evaluated[0], forward(plain.eval(), batch))
+        assert torch.equal(forward(plain.train(), batch), evaluated[0])  # dropout 0: training mode changes nothing
+        trained = [forward(dropped.train(), batch) for _ in range(2)]
     assert not torch.equal(trained[0], trained[1]) and not torch.equal(trained[0], evaluated[0])
 
 
@@ -329,31 +319,9 @@ def test_config_validation_names_the_field_and_value():
         ModelConfig.preset("tiny").d_model = 32  # type: ignore[misc]
     with pytest.raises(Exception, match="gate_weight"):
         LossConfig(gate_weight=-1)
-    with pytest.raises(ConfigError, match="task codes are for format='pairs'"):
-        ModelConfig.preset("tiny", task_ids=("a",))
+    with pytest.raises(ConfigError, match="format"):
+        ModelConfig.preset("tiny", format="pairs")  # no format to choose any more
     with pytest.raises(ConfigError, match="appears twice"):
-        ModelConfig.preset("tiny", format="pairs", task_ids=("a", "a"))
+        ModelConfig.preset("tiny", task_ids=("a", "a"))
     cfg = ModelConfig.preset("base")
     assert ModelConfig(**cfg.model_dump()) == cfg
-
-
-def test_pair_format_switches_drop_the_code_or_the_plane():
-    base = ModelConfig.preset("tiny", format="pairs", task_ids=("a", "b"))
-    seq = torch.tensor([[BOS, IN, 1, ROW, OUT, 2, ROW, EOS]])
-    rows, cols = torch.zeros_like(seq), torch.tensor([[0, 0, 0, 1, 0, 0, 1, 0]])
-    planes, flat = torch.tensor([[0, 1, 2, 2, 3, 4, 4, 5]]), torch.zeros_like(seq)
-
-    def logits(cfg: ModelConfig, pos: torch.Tensor, task: int) -> torch.Tensor:
-        torch.manual_seed(0)
-        with torch.no_grad():
-            return TinyONN(cfg).eval()(seq, rows, cols, pos, task=torch.tensor([task]))
-
-    no_code, no_plane = base.model_copy(update={"task_codes": False}), base.model_copy(update={"planes": False})
-    assert not torch.equal(logits(base, planes, 0), logits(base, planes, 1))
-    assert torch.equal(logits(no_code, planes, 0), logits(no_code, planes, 1))  # the task changes nothing
-    assert not torch.equal(logits(base, planes, 0), logits(base, flat, 0))
-    assert torch.equal(logits(no_plane, planes, 0), logits(no_plane, flat, 0))  # nor do the planes
-    codeless = TinyONN(no_code)
-    assert not hasattr(codeless, "task_codes") and codeless.add_task_code("c") == 2
-    with pytest.raises(ConfigError, match="switches of format='pairs'"):
-        ModelConfig.preset("tiny", task_codes=False)

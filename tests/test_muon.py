@@ -11,7 +11,7 @@ from onn_arc.optim import MuonAdamW
 def _model_with_grads() -> TinyONN:
     """A tiny model, each parameter with a seeded random gradient (the same ones on every call)."""
     torch.manual_seed(0)
-    model = TinyONN(ModelConfig.preset("tiny", max_len=64))
+    model = TinyONN(ModelConfig.preset("tiny", max_len=64, task_ids=("a", "b")))
     for p in model.parameters():
         p.grad = torch.randn_like(p)
     return model

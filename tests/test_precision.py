@@ -11,7 +11,7 @@ from onn_arc.data import load_source
 from onn_arc.losses import forward_backward
 from onn_arc.model import TinyONN
 from onn_arc.solve import decode_prompt, with_task_code
-from onn_arc.tokens import collate, encode_task, next_position
+from onn_arc.tokens import collate, encode_pair, next_position
 from onn_arc.train import make_optimizer
 
 TASKS = [t for t in load_source("data") if t.has_test_outputs]  # the bundled example tasks
@@ -33,9 +33,9 @@ def test_fp32_autocast_is_a_no_op():
 
 @pytest.mark.parametrize("arch", ["onn", "dense"])
 def test_bf16_losses_match_fp32_on_a_real_batch_and_state_stays_fp32(arch):
-    batch = collate([encode_task(t, max_len=512) for t in TASKS])
+    batch = collate([encode_pair(p, task=i) for i, t in enumerate(TASKS) for p in (*t.train, *t.test)])
     torch.manual_seed(0)
-    model = TinyONN(ModelConfig.preset("tiny", arch=arch))
+    model = TinyONN(ModelConfig.preset("tiny", arch=arch, task_ids=tuple(t.id for t in TASKS)))
     opt = make_optimizer(model, OptimizerConfig(curvature_every=1, precondition_every=1, start_step=1))
     results = {}
     for p in ("fp32", "bf16"):
@@ -67,8 +67,7 @@ def test_bf16_cached_decoding_matches_the_full_forward_with_the_shipped_checkpoi
     with precision.autocast("bf16", "cpu"):
         (bf16,) = decode.greedy(model, seq)
     generated = list(bf16.tokens[:-1])  # everything the decoder fed back (the end is never fed)
-    fed = np.array([next_position(model.cfg.format, len(seq), generated[:k]) for k in range(len(generated))])
-    fed = fed.reshape(-1, 3)  # (generated, 3): row, column, third coordinate of each fed-back token
+    fed = np.array([next_position(generated[:k]) for k in range(len(generated))]).reshape(-1, 3)  # (generated, 3)
     args = [np.concatenate([seq.tokens, generated])]
     args += [np.concatenate([a, b]) for a, b in zip((seq.rows, seq.cols, seq.pos), fed.T)]
 

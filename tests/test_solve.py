@@ -1,4 +1,4 @@
-"""Solving: views and voting after inverse mapping, test-time training on demos only, the context guard,
+"""Solving: views and voting after inverse mapping, test-time training on demos only, task codes, the context guard,
 and a tiny model trained here solving a learnable task end to end."""
 
 import json
@@ -19,12 +19,12 @@ from onn_arc.augment import Augmentation, dihedral_map, input_colours
 from onn_arc.config import AugmentConfig, LossConfig, ModelConfig, OptimizerConfig, SolveConfig, TrainConfig
 from onn_arc.data import Pair, Task, load_source, load_task_file
 from onn_arc.decode import Candidate
-from onn_arc.errors import ConfigError, TaskError
+from onn_arc.errors import TaskError
 from onn_arc.model import TinyONN
 from onn_arc.optim import gauss_newton
 from onn_arc.scoring import load_submission
 from onn_arc.tokens import EOS, N_COLOURS, OUT, ROW, VOCAB_SIZE, Sequence, encode_pair
-from onn_arc.train import Example, code_key, copies_of, make_optimizer, pair_examples, sample_batch, train_step
+from onn_arc.train import code_key, copies_of, make_optimizer, pair_examples, sample_batch, train_step
 
 DATA = Path(__file__).resolve().parents[1] / "data"
 TRUTH = ((1, 2, 0), (3, 4, 0))  # no symmetry: every view moves it
@@ -166,10 +166,10 @@ def test_solve_task_with_dfs_returns_distinct_ranked_candidates():
 
 def test_fine_tune_uses_demos_only_and_can_be_switched_off():
     task = load_task_file(DATA / "6150a2bd.json")
-    model = tiny_model()
+    model = tiny_model(task_ids=(task.id,))
     assert solve.fine_tune(model, task, FAST.model_copy(update={"ttt_steps": 0}))[:2] == (model, 0)
-    one_demo = task.model_copy(update={"train": task.train[:1]})
-    assert solve.fine_tune(model, one_demo, FAST)[:2] == (model, 0)  # no leave-one-out pseudo-task exists
+    short = tiny_model(max_len=27, task_ids=(task.id,))
+    assert solve.fine_tune(short, task, FAST)[:2] == (short, 0)  # no demo (28 tokens) fits: nothing to train on
     # the test output never matters: poisoning it changes nothing
     poisoned = task.model_copy(update={"test": (Pair(input=task.test[0].input, output=((9,),)),)})
     tuned, steps, _, loss = solve.fine_tune(model, task, FAST)
@@ -186,7 +186,7 @@ def test_fine_tune_with_gauss_newton_preconditions_and_is_seeded(monkeypatch):
     refreshes = []
     eigh = gauss_newton.psd_eigh
     monkeypatch.setattr(gauss_newton, "psd_eigh", lambda m: refreshes.append(m.shape) or eigh(m))
-    model = tiny_model()
+    model = tiny_model(task_ids=(task.id,))
     first, steps, _, loss = solve.fine_tune(model, task, cfg)
     assert len(refreshes) == 2 * len(model.tapped_layers())  # A and G of every tapped layer, once
     again, _, _, loss2 = solve.fine_tune(model, task, cfg)
@@ -197,20 +197,22 @@ def test_fine_tune_with_gauss_newton_preconditions_and_is_seeded(monkeypatch):
 
 def test_fine_tune_stops_at_its_time_bound():
     task = load_task_file(DATA / "6150a2bd.json")
-    _, steps, seconds, _ = solve.fine_tune(tiny_model(), task, FAST.model_copy(update={"ttt_steps": 1000, "ttt_seconds": 0.3}))
+    model = tiny_model(task_ids=(task.id,))
+    _, steps, seconds, _ = solve.fine_tune(model, task, FAST.model_copy(update={"ttt_steps": 1000, "ttt_seconds": 0.3}))
     assert 1 <= steps < 1000 and seconds < 5
 
 
-def pair_model(**overrides) -> TinyONN:
+def coded_model(**overrides) -> TinyONN:
+    """A tiny model with codes for two other tasks."""
     torch.manual_seed(0)
-    model = tiny_model(format="pairs", task_ids=("a", "b"), **overrides)
+    model = tiny_model(task_ids=("a", "b"), **overrides)
     with torch.no_grad():
         model.head.weight.mul_(3)  # peaky: greedy ends its grids within the context
     return model
 
 
-def test_pair_format_solves_with_a_fresh_code_and_leaves_the_model_alone():
-    model, task = pair_model(), stub_task()
+def test_a_new_task_is_solved_with_a_fresh_code_and_the_model_is_left_alone():
+    model, task = coded_model(), stub_task()
     before = {k: v.clone() for k, v in model.state_dict().items()}
     solution = solve.solve_task(model, task, FAST)
     assert solution.ttt_steps == 2 and len(solution.tests) == 1 and solution.tests[0].attempts
@@ -221,17 +223,17 @@ def test_pair_format_solves_with_a_fresh_code_and_leaves_the_model_alone():
 
 @pytest.mark.parametrize("init", ["mean", "zero"])
 def test_a_new_task_gets_a_fresh_code_a_trained_one_keeps_its_own(init):
-    model = pair_model()
+    model = coded_model()
     fresh = solve.with_task_code(model, stub_task(), init)
     assert fresh is not model and fresh.cfg.task_ids == ("a", "b", "stub") and model.cfg.task_ids == ("a", "b")
     assert solve.code_of(fresh, Augmentation.random(np.random.default_rng(0), 3).apply(stub_task())) == 2
-    trained = tiny_model(format="pairs", task_ids=("a", "stub"))
+    trained = tiny_model(task_ids=("a", "stub"))
     assert solve.with_task_code(trained, stub_task(), init) is trained  # transductive: the code trained on its demos
     assert solve.code_of(trained, stub_task()) == 1
 
 
 def test_a_model_with_codes_per_copy_solves_each_view_as_a_copy_with_its_own_code(monkeypatch):
-    model, task = pair_model(copies=4), stub_task()
+    model, task = coded_model(copies=4), stub_task()
     views = solve.views_of(model.cfg, task, FAST.model_copy(update={"views": 3}))
     assert views == copies_of(task, 3, FAST.augment)  # the copies training would have made of it
     fresh = solve.with_task_code(model, task, "mean", views)
@@ -249,7 +251,7 @@ def test_a_model_with_codes_per_copy_solves_each_view_as_a_copy_with_its_own_cod
     solution = solve.solve_task(model, task, FAST.model_copy(update={"views": 3}))
     assert [seen for seen, _ in decoded] == [v.apply(task) for v in views] and [c for _, c in decoded] == [2, 3, 4]
     assert solution.tests[0].attempts[0] == TRUTH and solution.tests[0].candidates[0].votes == 3
-    trained = tiny_model(format="pairs", copies=4, task_ids=tuple(code_key(task.id, v) for v in views))
+    trained = tiny_model(copies=4, task_ids=tuple(code_key(task.id, v) for v in views))
     assert solve.with_task_code(trained, task, "mean", views) is trained  # transductive: the copies' own codes
 
 
@@ -272,7 +274,7 @@ def test_by_default_solving_never_moves_a_colour_only_outputs_bring():
 def test_decoding_under_a_views_code_conditions_on_that_code():
     """The prompt of a view carries the view's code and input (greedy decoding over the cache equals full forward
     passes for any code: test_decode.py); two copies' codes give two different decodings."""
-    model, task = pair_model(copies=2), stub_task()
+    model, task = coded_model(copies=2), stub_task()
     views = copies_of(task, 2, AugmentConfig())
     model = solve.with_task_code(model, task, "mean", views)
     seen, code = views[1].apply(task), solve.code_of(model, task, views[1])
@@ -294,7 +296,7 @@ def test_decode_views_decodes_every_views_tests_and_counts_them(sampler, monkeyp
     by one; either way [view][test] holds what decoding that prompt alone gives, and progress counts every prompt."""
     monkeypatch.setattr(solve, "BATCH_ROWS", 4)
     task = load_task_file(DATA / "25ff71a9.json")
-    model, views = pair_model(copies=3), copies_of(task, 3, AugmentConfig())
+    model, views = coded_model(copies=3), copies_of(task, 3, AugmentConfig())
     model = solve.with_task_code(model, task, "mean", views)
     seen = [(v.apply(task), solve.code_of(model, task, v)) for v in views]
     cfg = FAST.model_copy(update={"sampler": sampler, "min_prob": 0.05})
@@ -332,7 +334,7 @@ def test_poe_sums_each_views_teacher_forced_logprob_under_its_code(copies):
     under the view's code: with codes per copy, each view its own), summed; a grid too long for the context in some
     view has none."""
     task = stub_task()
-    model = pair_model(copies=copies)
+    model = coded_model(copies=copies)
     views = solve.views_of(model.cfg, task, FAST.model_copy(update={"views": 3}))
     model = solve.with_task_code(model, task, "mean", views)
     with torch.no_grad():
@@ -351,12 +353,11 @@ def test_poe_sums_each_views_teacher_forced_logprob_under_its_code(copies):
     assert solve.poe_scores(model, task, views, 0, [big, TRUTH]) == [None, pytest.approx(scores[0], abs=1e-4)]
 
 
-@pytest.mark.parametrize("fmt", ["context", "pairs"])
-def test_a_views_teacher_forced_logprob_is_what_decoding_it_found(fmt):
+def test_a_views_teacher_forced_logprob_is_what_decoding_it_found():
     """Scored in the view that decoded it, a candidate's log-probability is the one decoding gave it (full forward
     passes against the KV cache)."""
     task = load_task_file(DATA / "6150a2bd.json")
-    model = pair_model(max_len=128) if fmt == "pairs" else tiny_model(max_len=128)
+    model = coded_model(max_len=128)
     with torch.no_grad():
         model.head.weight.mul_(3)
     views = solve.choose_views(task, 3, 0, AugmentConfig())
@@ -367,13 +368,10 @@ def test_a_views_teacher_forced_logprob_is_what_decoding_it_found(fmt):
         assert solve.poe_scores(model, task, [view], 0, [view.invert_grid(c.grid)]) == [pytest.approx(c.logprob, abs=1e-4)]
 
 
-@pytest.mark.parametrize("fmt", ["context", "pairs"])
-def test_an_answer_sequence_is_the_decode_prompt_then_the_grid_and_its_end(fmt):
-    model = pair_model(max_len=30) if fmt == "pairs" else tiny_model(max_len=30)
-    model = solve.with_task_code(model, stub_task(), "mean")
+def test_an_answer_sequence_is_the_decode_prompt_then_the_grid_and_its_end():
+    model = solve.with_task_code(coded_model(max_len=30), stub_task(), "mean")
     prompt = solve.decode_prompt(model, stub_task(), 0)
     seq = solve.answer_sequence(model, stub_task(), 0, TRUTH)
-    assert fmt == "pairs" or 0 < prompt.n_demos < len(stub_task().train)  # demos dropped to leave room: the same ones
     n = len(prompt)
     for field in ("tokens", "rows", "cols", "pos"):
         assert getattr(seq, field)[:n].tolist() == getattr(prompt, field).tolist()
@@ -421,7 +419,8 @@ def test_solve_task_ranks_by_poe_without_reading_the_test_outputs():
     assert len(answer.candidates) > 1 and all(c.poe is not None for c in answer.candidates)
     keys = [solve.rank_key("poe", task.test[0].input)(c) for c in answer.candidates]
     assert keys == sorted(keys) and answer.attempts[0] == answer.candidates[0].grid
-    tuned = solve.fine_tune(model, task, cfg, views=list(solution.views))[0]  # the model that decoded and scored
+    coded = solve.with_task_code(model, task, cfg.task_code_init)  # as solve_task gives the task its fresh code
+    tuned = solve.fine_tune(coded, task, cfg, views=list(solution.views))[0]  # the model that decoded and scored
     grids = [c.grid for c in answer.candidates]
     scores = solve.poe_scores(tuned, task, list(solution.views), 0, grids)
     assert [c.poe for c in answer.candidates] == pytest.approx(scores, abs=1e-4)
@@ -431,7 +430,7 @@ def test_solve_task_ranks_by_poe_without_reading_the_test_outputs():
 
 
 def test_code_only_test_time_training_changes_the_code_alone():
-    model = solve.with_task_code(pair_model(), stub_task(), "mean")
+    model = solve.with_task_code(coded_model(), stub_task(), "mean")
     code = solve.code_of(model, stub_task())
     cfg = FAST.model_copy(update={"ttt_params": "code"})
     tuned, steps, _, _ = solve.fine_tune(model, stub_task(), cfg)
@@ -439,16 +438,13 @@ def test_code_only_test_time_training_changes_the_code_alone():
     assert steps == 2 and changed == {"task_codes.weight"}
     rows = (tuned.task_codes.weight - model.task_codes.weight).abs().sum(1)
     assert rows[code] > 0 and rows[:code].sum() == 0  # only this task's code moved
-    with pytest.raises(ConfigError, match="task codes"):
-        solve.fine_tune(tiny_model(), load_task_file(DATA / "6150a2bd.json"), cfg)
 
 
 def test_a_test_input_too_long_for_the_context_is_a_one_line_task_error():
     task = load_task_file(DATA / "6150a2bd.json")
     with pytest.raises(TaskError, match=r"6150a2bd: test\[0\] needs 28 tokens .* context holds 27$"):
         solve.solve_task(tiny_model(max_len=27), task, FAST)
-    seq = solve.prompt(task, 0, max_len=64)  # demos dropped so an output as large as any grid still fits
-    assert seq.n_demos < len(task.train) and len(seq) + solve.output_room(task) <= 64
+    solve.check_fits(task, 28)  # the prompt and room for an output as large as any grid of the task
 
 
 # ---------------------------------------------------------------- a model trained here solves a task
@@ -462,36 +458,17 @@ def copy_task(rng: np.random.Generator, name: str) -> Task:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("arch,steps", [("dense", 250), ("onn", 400)])
-def test_a_model_trained_on_copy_tasks_solves_a_new_one(arch, steps):
-    rng = np.random.default_rng(0)
-    pool = [Example(copy_task(rng, f"copy{i}"), 0) for i in range(64)]
-    model = TinyONN(ModelConfig.preset("tiny", d_model=32, n_layers=2, arch=arch))
-    optimizer = OptimizerConfig(name="adamw", lr=1e-2 if arch == "onn" else 3e-3, weight_decay=0.0)
-    cfg = TrainConfig(model=model.cfg, optimizer=optimizer, loss=LossConfig(gate_weight=0, kl_weight=0))
-    opt = make_optimizer(model, optimizer)
-    for _ in range(steps):
-        train_step(model, opt, sample_batch(pool, rng, 1024, 512, AugmentConfig()), cfg, torch.Generator())
-    task = copy_task(np.random.default_rng(99), "new")
-    solve_cfg = SolveConfig(ttt_steps=3, ttt_batch_tokens=512, views=3, optimizer=OptimizerConfig(name="adamw", lr=1e-4))
-    solution = solve.solve_task(model.eval(), task, solve_cfg)
-    (answer,) = solution.tests
-    assert answer.attempts[0] == task.test[0].output
-    assert answer.candidates[0].votes >= 2
-    assert answer.confidence.shape == (2, 2) and answer.confidence.min() > 0.5
-
-
-@pytest.mark.slow
-def test_a_pair_model_trained_on_copy_tasks_solves_a_new_one_with_a_fresh_code():
+@pytest.mark.parametrize("arch,steps,lr", [("dense", 250, 3e-3), ("onn", 400, 1e-2)])
+def test_a_model_trained_on_copy_tasks_solves_a_new_one_with_a_fresh_code(arch, steps, lr):
     rng = np.random.default_rng(0)
     tasks = [copy_task(rng, f"copy{i}") for i in range(64)]
     pool = [ex for i, t in enumerate(tasks) for ex in pair_examples(t, i, test_outputs=True, input_loss=False)]
-    cfg = ModelConfig.preset("tiny", d_model=32, n_layers=2, arch="dense", format="pairs", task_ids=tuple(t.id for t in tasks))
+    cfg = ModelConfig.preset("tiny", d_model=32, n_layers=2, arch=arch, task_ids=tuple(t.id for t in tasks))
     model = TinyONN(cfg)
-    optimizer = OptimizerConfig(name="adamw", lr=3e-3, weight_decay=0.0)
+    optimizer = OptimizerConfig(name="adamw", lr=lr, weight_decay=0.0)
     train_cfg = TrainConfig(model=cfg, optimizer=optimizer, loss=LossConfig(gate_weight=0, kl_weight=0))
     opt = make_optimizer(model, optimizer)
-    for _ in range(250):
+    for _ in range(steps):
         train_step(model, opt, sample_batch(pool, rng, 512, 512, AugmentConfig()), train_cfg, torch.Generator())
     task = copy_task(np.random.default_rng(99), "new")
     solve_cfg = SolveConfig(ttt_steps=3, ttt_batch_tokens=256, views=3, optimizer=OptimizerConfig(name="adamw", lr=1e-3))

@@ -2,68 +2,29 @@ import numpy as np
 import pytest
 
 from onn_arc import tokens as tk
-from onn_arc.data import Pair, Task, load_split
+from onn_arc.data import Pair, load_split
 from onn_arc.errors import GridError, TaskError
 
 
-def _output_grid_of(seq: tk.Sequence, which: int) -> list[int]:
-    """Tokens of the `which`-th output grid (cells and row ends) in `seq`."""
-    out = seq.roles == tk.OUTPUT
-    starts = np.flatnonzero(out & ~np.concatenate([[False], out[:-1]]))
-    start = starts[which]
-    end = start
-    while end < len(seq) and out[end]:
-        end += 1
-    return seq.tokens[start : end + 1].tolist()  # include the closer
+def _output_grid_of(seq: tk.Sequence) -> list[int]:
+    """Tokens of the output grid (cells and row ends) in `seq`, and the EOS that closes it."""
+    return seq.tokens[seq.roles == tk.OUTPUT].tolist() + [seq.tokens[-1]]
 
 
 @pytest.mark.parametrize("split", ["arc1-train", "arc1-eval"])
-def test_round_trip_every_bundled_task(split):
+def test_round_trip_every_bundled_pair(split):
     for task in load_split(split):
-        for i, test in enumerate(task.test):
-            seq = tk.encode_task(task, test_index=i)
-            assert seq.n_demos == len(task.train)
-            assert tk.decode_grid(_output_grid_of(seq, seq.n_demos)) == test.output
-            for d, pair in enumerate(task.train):
-                assert tk.decode_grid(_output_grid_of(seq, d)) == pair.output
-
-
-def test_layout_coordinates_and_targets():
-    task = Task(id="t", train=(Pair(input=((1, 2),), output=((3,), (4,))),), test=(Pair(input=((5,),), output=((6, 7),)),))
-    seq = tk.encode_task(task)
-    B, E, I, O, R = tk.BOS, tk.EOS, tk.IN, tk.OUT, tk.ROW
-    assert seq.tokens.tolist() == [B, I, 1, 2, R, O, 3, R, 4, R, I, 5, R, O, 6, 7, R, E]
-    assert seq.rows.tolist() == [0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 0, 0, 0, 0, 0, 0, 0, 0]
-    assert seq.cols.tolist() == [0, 0, 0, 1, 2, 0, 0, 1, 0, 1, 0, 0, 1, 0, 0, 1, 2, 0]
-    # output cells, their row ends and the token that closes each output grid are targets
-    assert seq.targets.astype(int).tolist() == [0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 0, 0, 0, 1, 1, 1, 1]
+        for pair in (*task.train, *task.test):
+            seq = tk.encode_pair(pair)
+            assert tk.decode_grid(_output_grid_of(seq)) == pair.output and len(seq) <= tk.pair_room(pair)
 
 
 def test_prompt_stops_after_out_marker_and_next_coordinate():
     task = load_split("arc1-train")[0]
-    prompt = tk.encode_task(task, answer=False)
+    prompt = tk.encode_pair(Pair(input=task.test[0].input), answer=False)
     assert prompt.tokens[-1] == tk.OUT and not prompt.targets[-1]
     assert tk.next_coordinate([]) == (0, 0)
     assert tk.next_coordinate([1, 2, tk.ROW, 3]) == (1, 1)
-
-
-def test_context_policy_drops_demos_never_the_test_pair():
-    task = load_split("arc1-train")[0]
-    full = len(tk.encode_task(task))
-    one_demo_less = tk.encode_task(task, max_len=full - 1)
-    assert one_demo_less.n_demos == len(task.train) - 1
-    assert len(one_demo_less) < full
-    test_only = tk.encode_task(task, max_len=3 + tk.grid_length(task.test[0].input) + tk.grid_length(task.test[0].output) + 1)
-    assert test_only.n_demos == 0
-    with pytest.raises(TaskError, match="test pair needs"):
-        tk.encode_task(task, max_len=10)
-
-
-def test_prompt_without_answer_is_allowed_for_puzzles():
-    task = Task(id="p", train=(Pair(input=((1,),), output=((2,),)),), test=(Pair(input=((1,),)),))
-    assert len(tk.encode_task(task, answer=False)) == 1 + 6 + 4  # BOS, demo (IN 1 ROW OUT 2 ROW), IN 1 ROW OUT
-    with pytest.raises(TaskError, match="no output"):
-        tk.encode_task(task)
 
 
 @pytest.mark.parametrize(
@@ -88,11 +49,11 @@ def test_decode_stops_at_closer():
 
 def test_collate_pads_and_masks():
     task = load_split("arc1-train")[0]
-    a, b = tk.encode_task(task), tk.encode_task(task, max_len=len(tk.encode_task(task)) - 1)
+    a, b = tk.encode_pair(task.train[0], task=3), tk.encode_pair(Pair(input=task.test[0].input), task=5, answer=False)
     batch = tk.collate([a, b])
-    assert batch.tokens.shape == (2, len(a))
+    assert batch.tokens.shape == (2, len(a)) and len(b) < len(a)
     assert (batch.tokens[1, len(b) :] == tk.PAD).all() and not batch.targets[1, len(b) :].any()
-    assert batch.pos[1, : len(b)].tolist() == list(range(len(b))) and batch.task.tolist() == [0, 0]
+    assert batch.pos[1, : len(b)].tolist() == b.pos.tolist() and batch.task.tolist() == [3, 5]
 
 
 PAIR = Pair(input=((1, 2),), output=((3,), (4,)))
@@ -106,7 +67,7 @@ def test_pair_layout_planes_and_targets():
     assert seq.cols.tolist() == [0, 0, 0, 1, 2, 0, 0, 1, 0, 1, 0]
     assert seq.pos.tolist() == [0, 1, 2, 2, 2, 3, 4, 4, 4, 4, 5]  # the planes: no sequence index
     assert seq.targets.astype(int).tolist() == [0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1]
-    assert seq.task == 7 and seq.n_demos == 0
+    assert seq.task == 7
     with_inputs = tk.encode_pair(PAIR, input_loss=True)
     assert with_inputs.targets.astype(int).tolist() == [0, 0, 1, 1, 1, 1, 1, 1, 1, 1, 1]  # input cells, ends, OUT too
 
@@ -123,8 +84,7 @@ def test_pair_prompt_and_test_input_variants():
     prompt = tk.encode_pair(Pair(input=PAIR.input), answer=False)
     assert prompt.tokens.tolist() == [tk.BOS, tk.IN, 1, 2, tk.ROW, tk.OUT] and not prompt.targets.any()
     generated = [3, tk.ROW]
-    assert tk.next_position("pairs", len(prompt), generated) == (1, 0, tk.OUTPUT_PLANE)
-    assert tk.next_position("context", len(prompt), generated) == (1, 0, len(prompt) + 2)
+    assert tk.next_position(generated) == (1, 0, tk.OUTPUT_PLANE)
     inputs_only = tk.encode_pair(Pair(input=PAIR.input), answer=False, input_loss=True)  # a test input, no output
     assert inputs_only.targets.astype(int).tolist() == [0, 0, 1, 1, 1, 1]
     with pytest.raises(TaskError, match="no output"):

@@ -8,7 +8,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from pydantic import ValidationError
 from typer.testing import CliRunner
 
 import onn_arc.cli.train  # noqa: F401  (registers the command)
@@ -138,17 +137,9 @@ def test_evaluation_splits_cannot_be_trained_on(tmp_path):
 
 def test_demo_sources_never_expose_test_outputs(tmp_path):
     pool, data = tr.build_pool([], ["arc1-eval"])
-    eval_tests = {(t.id, t.test[0].output) for t in load_split("arc1-eval")}
-    assert not any((ex.task.id, ex.task.test[0].output) in eval_tests for ex in pool[:200])
+    assert {ex.task.id for ex in pool} == {t.id for t in load_split("arc1-eval")}
+    assert all(ex.pair in ex.task.train for ex in pool)  # demos alone: no test pair, not even its input
     assert data.task_ids_with_test_outputs == [] and data.demos_only == ["arc1-eval"]
-
-
-def test_leave_one_out_uses_demos_only():
-    task = resolve_task("data/007bbfb7.json")
-    pseudo = tr.leave_one_out(task)
-    assert len(pseudo) == len(task.train)
-    for i, p in enumerate(pseudo):
-        assert p.test[0] == task.train[i] and task.train[i] not in p.train
 
 
 def test_provenance_is_recorded(tmp_path):
@@ -257,7 +248,8 @@ def _spy_batches(monkeypatch) -> list[Batch]:
 
 def _main_loss(model: TinyONN, batch: Batch) -> float:
     with torch.no_grad():
-        return main_loss(model(batch.tokens, batch.rows, batch.cols, batch.pos), batch.tokens, batch.targets)[0].item()
+        logits = model(batch.tokens, batch.rows, batch.cols, batch.pos, task=batch.task)
+        return main_loss(logits, batch.tokens, batch.targets)[0].item()
 
 
 def test_init_starts_from_the_weights_with_a_fresh_optimizer_and_schedule(stage1, tmp_path, monkeypatch):
@@ -271,8 +263,9 @@ def test_init_starts_from_the_weights_with_a_fresh_optimizer_and_schedule(stage1
     run.fit(lambda step, m: (losses.append(m["main"]), lrs.append(m["lr"])))
     assert lrs[0] == pytest.approx(run.cfg.optimizer.lr / run.cfg.warmup_steps)  # the warm-up starts again
     torch.manual_seed(run.cfg.seed)
-    fresh = _main_loss(TinyONN(run.cfg.model), batches[0])
-    continued = _main_loss(init.model, batches[0])  # the checkpoint's loss on stage 2's first batch
+    fresh = _main_loss(TinyONN(run.model.cfg), batches[0])
+    continued = _main_loss(init.model, batches[0])  # the checkpoint's loss on stage 2's first batch (its one code is
+    # the mean of stage 1's, as stage 2's new task starts)
     assert abs(losses[0] - continued) < abs(fresh - continued) / 10, (losses[0], continued, fresh)
 
 
@@ -319,11 +312,16 @@ def test_a_resumed_stage_keeps_its_chain_and_adds_to_its_counts(stage1, tmp_path
     assert [getattr(a, n) for n in COUNTED if n != "seconds"] == [getattr(b, n) for n in COUNTED if n != "seconds"]
 
 
-def test_a_stage_resumed_on_other_sources_records_both(tmp_path):
-    tr.prepare(_stage2_cfg(steps=1), tmp_path).fit()
-    tr.prepare(_stage2_cfg(steps=2, sources=[FIRST]), tmp_path, resume=True).fit()
-    (stage,) = load_checkpoint(tmp_path / "checkpoint").meta.stages
-    assert stage.steps == 2 and stage.data.task_ids_with_test_outputs == ["25ff71a9", "6150a2bd"]
+def test_a_stage_resumed_on_another_source_of_its_tasks_records_both(tmp_path):
+    """The same tasks by another name (a copy of the file): the codes still fit, and both sources are recorded."""
+    copy = tmp_path / "copy"
+    copy.mkdir()
+    (copy / "25ff71a9.json").write_text(Path(SECOND).read_text())
+    tr.prepare(_stage2_cfg(steps=1), tmp_path / "run").fit()
+    tr.prepare(_stage2_cfg(steps=2, sources=[str(copy)]), tmp_path / "run", resume=True).fit()
+    (stage,) = load_checkpoint(tmp_path / "run" / "checkpoint").meta.stages
+    assert stage.steps == 2 and stage.data.sources == [SECOND, str(copy)]
+    assert stage.data.task_ids_with_test_outputs == ["25ff71a9"]
 
 
 def test_init_refuses_resume_and_another_architecture_but_not_another_context(stage1, tmp_path):
@@ -401,20 +399,19 @@ def test_cli_init_from_a_missing_checkpoint(tmp_path):
     assert result.exit_code == 1 and "no such checkpoint folder" in result.stderr
 
 
-PAIRS_MODEL = ModelConfig.preset("tiny", max_len=256, format="pairs")
+PAIRS_MODEL = ModelConfig.preset("tiny", max_len=256)
 
 
 def test_pool_entries_bound_their_length_in_every_orientation():
-    context, _ = tr.build_pool([DATA], [])
-    pairs, _ = tr.build_pool([DATA], [], "pairs", input_loss=True)
-    for ex in context + pairs:
+    pool, _ = tr.build_pool([DATA], [], input_loss=True)
+    for ex in pool:
         for d in range(8):
             aug = Augmentation(d, tuple(range(10)), tuple(range(len(ex.task.train))))
             assert len(ex.encode(aug, 10_000)) <= ex.length
 
 
-def test_pair_pool_gives_each_task_a_code():
-    pool, data = tr.build_pool([DATA], [], "pairs")
+def test_the_pool_gives_each_task_a_code():
+    pool, data = tr.build_pool([DATA], [])
     tasks = load_source(DATA)
     assert tr.pool_task_ids(pool) == tuple(t.id for t in tasks)
     for task in tasks:  # demos and test pairs; the puzzle without answers gives its demos only
@@ -424,13 +421,13 @@ def test_pair_pool_gives_each_task_a_code():
     assert data.task_ids_with_test_outputs == sorted(t.id for t in tasks if t.has_test_outputs)
 
 
-def test_demo_source_test_outputs_never_reach_a_pair_batch(tmp_path):
+def test_demo_source_test_outputs_never_reach_a_batch(tmp_path):
     secret = [[9] * 7] * 5  # the only 5×7 grid: what must never be trained on
     demos = [{"input": [[1, 2], [3, 4]], "output": [[4, 3], [2, 1]]}, {"input": [[5, 6], [7, 8]], "output": [[8, 7], [6, 5]]}]
     path = tmp_path / "secret.json"
     path.write_text(json.dumps({"train": demos, "test": [{"input": [[1] * 3] * 3, "output": secret}]}))
     for input_loss in (False, True):
-        pool, data = tr.build_pool([], [str(path)], "pairs", input_loss)
+        pool, data = tr.build_pool([], [str(path)], input_loss)
         assert data.task_ids_with_test_outputs == []
         rng = np.random.default_rng(0)
         outputs, inputs = set(), set()
@@ -441,11 +438,11 @@ def test_demo_source_test_outputs_never_reach_a_pair_batch(tmp_path):
             inputs |= set(((cells & (b.pos == INPUT_PLANE)).sum(1)).tolist())
         assert outputs <= {0, 4}  # demo outputs, and test inputs without any output
         assert (9 in inputs) == input_loss  # the test input is trained on only with the input loss
-    eval_pool, _ = tr.build_pool([], ["arc1-eval"], "pairs", input_loss=True)
+    eval_pool, _ = tr.build_pool([], ["arc1-eval"], input_loss=True)
     assert all(ex.pair.output is None for ex in eval_pool if ex.pair not in ex.task.train)
 
 
-def test_pair_format_trains_and_resumes_with_its_task_codes(tmp_path):
+def test_a_run_with_the_input_loss_trains_and_resumes_with_its_task_codes(tmp_path):
     cfg = _cfg(model=PAIRS_MODEL, steps=2, checkpoint_every=100, input_loss=True)
     losses = []
     tr.prepare(cfg, tmp_path).fit(lambda step, m: losses.append(m["main"]))
@@ -454,19 +451,17 @@ def test_pair_format_trains_and_resumes_with_its_task_codes(tmp_path):
     assert model.cfg.task_ids == tuple(t.id for t in load_source(DATA))
     resumed = tr.prepare(cfg.model_copy(update={"steps": 3}), tmp_path, resume=True)
     assert resumed.step == 2 and resumed.model.cfg.task_ids == model.cfg.task_ids
-    with pytest.raises(ValidationError, match="input_loss"):
-        _cfg(input_loss=True)
 
 
 @pytest.mark.parametrize("sources", [[SECOND, FIRST], [FIRST]])  # the same count in another order; fewer
-def test_a_pair_run_resumed_on_other_tasks_is_refused_not_given_wrong_codes(tmp_path, sources):
+def test_a_run_resumed_on_other_tasks_is_refused_not_given_wrong_codes(tmp_path, sources):
     cfg = _cfg(model=PAIRS_MODEL, steps=1, sources=[FIRST, SECOND])
     tr.prepare(cfg, tmp_path).fit()
     with pytest.raises(ConfigError, match="--init"):
         tr.prepare(cfg.model_copy(update={"steps": 2, "sources": sources}), tmp_path, resume=True)
 
 
-def test_a_pairs_stage_on_more_tasks_keeps_the_shared_codes_and_starts_new_ones_at_their_mean(tmp_path):
+def test_a_stage_on_more_tasks_keeps_the_shared_codes_and_starts_new_ones_at_their_mean(tmp_path):
     cfg = _cfg(model=PAIRS_MODEL, steps=1, sources=[FIRST, SECOND])
     tr.prepare(cfg, tmp_path / "one").fit()
     init = load_checkpoint(tmp_path / "one" / "checkpoint")
@@ -482,17 +477,14 @@ def test_a_pairs_stage_on_more_tasks_keeps_the_shared_codes_and_starts_new_ones_
     assert all(torch.equal(v, run.model.state_dict()[k]) for k, v in shared.items())
 
 
-def test_cli_trains_the_pair_format(tmp_path):
+def test_cli_trains_with_the_input_loss_and_has_no_format_to_choose(tmp_path):
     args = ["train", "--source", DATA, "--size", "tiny", "--max-len", "256", "--steps", "1", "--device", "cpu"]
-    ok = CliRunner().invoke(app, [*args, "--out", str(tmp_path / "a"), "--format", "pairs", "--input-loss"])
+    ok = CliRunner().invoke(app, [*args, "--out", str(tmp_path / "a"), "--input-loss"])
     assert ok.exit_code == 0, ok.output
-    assert load_checkpoint(tmp_path / "a" / "checkpoint").meta.model.format == "pairs"
-    bad = CliRunner().invoke(app, [*args, "--out", str(tmp_path / "b"), "--format", "context", "--input-loss"])
-    assert bad.exit_code == 1 and "input_loss" in bad.output
-    default = CliRunner().invoke(app, [*args, "--out", str(tmp_path / "c")])  # no --format: the pair format
-    assert default.exit_code == 0 and load_checkpoint(tmp_path / "c" / "checkpoint").meta.model.format == "pairs"
-    assert TrainConfig().model.format == "pairs" and TrainConfig(model={"d_model": 16, "n_layers": 1, "ffn_mult": 2,
-                                                                       "max_len": 64}).model.format == "pairs"
+    saved = load_checkpoint(tmp_path / "a" / "checkpoint").meta
+    assert saved.train_config["input_loss"] and saved.model.task_ids == tuple(t.id for t in load_source(DATA))
+    retired = CliRunner().invoke(app, [*args, "--out", str(tmp_path / "b"), "--format", "context"])
+    assert retired.exit_code == 2 and "--format" in retired.output  # the flag is gone
 
 
 def test_copies_are_seeded_by_the_task_alone_identity_first_and_distinct():
@@ -506,7 +498,7 @@ def test_copies_are_seeded_by_the_task_alone_identity_first_and_distinct():
 
 
 def test_a_copy_keeps_one_augmentation_for_all_its_pairs_and_has_its_own_code():
-    pool, _ = tr.build_pool([DATA], [], "pairs", copies=4)
+    pool, _ = tr.build_pool([DATA], [], copies=4)
     tasks = load_source(DATA)
     keys = tr.pool_task_ids(pool)
     assert len(keys) == 4 * len(tasks)
@@ -538,10 +530,10 @@ def test_a_stage_with_copies_keeps_the_codes_of_the_copies_it_shares(tmp_path):
         assert torch.equal(new[second.model.cfg.task_ids.index(key)], old[i])
 
 
-def test_cli_train_with_copies_records_them_and_refuses_them_without_codes(tmp_path):
+def test_cli_train_with_copies_records_them_and_refuses_a_bad_count_in_one_line(tmp_path):
     result = _train("--out", str(tmp_path / "a"), "--size", "tiny", "--source", str(DATA), "--steps", "1", "--copies", "3")
     assert result.exit_code == 0, result.output
     model = load_checkpoint(tmp_path / "a" / "checkpoint").meta.model
     assert model.copies == 3 and model.n_task_codes == 3 * len(load_source(DATA))
-    bad = _train("--out", str(tmp_path / "b"), "--size", "tiny", "--format", "context", "--copies", "3")
-    assert bad.exit_code != 0 and "copies" in bad.output and "Traceback" not in bad.output
+    bad = _train("--out", str(tmp_path / "b"), "--size", "tiny", "--copies", "-1")
+    assert bad.exit_code == 1 and "copies=-1" in bad.stderr and len(bad.stderr.strip().splitlines()) == 1

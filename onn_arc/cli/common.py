@@ -54,11 +54,11 @@ RankingOpt = Annotated[
     ),
 ]
 TttParamsOpt = Annotated[
-    TttParams, typer.Option(help="Pair format: test-time training updates every weight (all) or the task's code alone.")
+    TttParams, typer.Option(help="Test-time training updates every weight (all) or the task's code alone.")
 ]
 CodeInitOpt = Annotated[
     CodeInit,
-    typer.Option(help="Pair format: a task without a trained code starts from the trained codes' mean or from zero."),
+    typer.Option(help="A task without a trained code starts from the trained codes' mean or from zero."),
 ]
 ColoursOpt = Annotated[
     Literal["all", "inputs", "off"],

@@ -16,7 +16,7 @@ from onn_arc.config import ModelConfig
 from onn_arc.errors import TaskError
 from onn_arc.model import SBL, TinyONN
 from onn_arc.solve import code_of, with_task_code
-from onn_arc.tokens import PAD, Sequence, collate, encode_pair, encode_task
+from onn_arc.tokens import PAD, Sequence, collate, encode_pair
 
 CheckpointArg = Annotated[
     Path | None,
@@ -39,11 +39,9 @@ def parameter_counts(model: TinyONN) -> dict[str, int]:
 
 
 def _encode(task: data.Task, cfg: ModelConfig, code: int = 0) -> Sequence:
-    """What the activation rates are measured on: the task with its first test pair last (context format), or that
-    test pair alone with the task's code index `code` (pair format). TaskError when it does not fit the context."""
-    if cfg.format == "pairs":
-        return encode_pair(task.test[0], code, max_len=cfg.max_len)
-    return encode_task(task, max_len=cfg.max_len)
+    """What the activation rates are measured on: the task's first test pair with its code index `code`. TaskError
+    when it does not fit the context."""
+    return encode_pair(task.test[0], code, max_len=cfg.max_len)
 
 
 def _fitting_tasks(n: int, cfg: ModelConfig) -> list[data.Task]:
@@ -65,13 +63,12 @@ def _fitting_tasks(n: int, cfg: ModelConfig) -> list[data.Task]:
 @torch.no_grad()
 def activation_stats(model: TinyONN, n_tasks: int) -> dict[str, Any]:
     """Mean SBL activation rate per layer (over real tokens and loops) and dead units (never firing) on `n_tasks`
-    tasks; in the pair format each with its trained code, or a fresh one (on a copy of the model) where it has none."""
+    tasks, each with its trained code, or a fresh one (on a copy of the model) where it has none."""
     if not model.routed_layers():
         return {"dense": True, "mean_rate": 1.0, "tasks": [], "tokens": 0, "layers": []}
     tasks = _fitting_tasks(n_tasks, model.cfg)
-    if model.cfg.format == "pairs":
-        for task in tasks:
-            model = with_task_code(model, task, "mean")
+    for task in tasks:
+        model = with_task_code(model, task, "mean")
     batch = collate([_encode(task, model.cfg, code_of(model, task)) for task in tasks])
     real = batch.tokens != PAD  # (B, T)
     fired: dict[str, torch.Tensor] = {}  # layer name -> (d_out,) bool: the unit fired on some real token, some loop
@@ -141,7 +138,7 @@ def _render(ckpt: LoadedCheckpoint, params: dict[str, int], activation: dict[str
                 "train state": "saved" if ckpt.train_state is not None else "none",
                 "weights": f"EMA {meta.stages[-1].ema:g} of the last stage's" if meta.stages[-1].ema else "raw",
                 **meta.model.model_dump(exclude={"task_ids"}),
-                **({"task codes": meta.model.n_task_codes} if meta.model.format == "pairs" else {}),
+                "task codes": meta.model.n_task_codes,
             },
         )
     )

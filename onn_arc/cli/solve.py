@@ -48,7 +48,7 @@ from onn_arc.config import SolveConfig
 from onn_arc.errors import ConfigError, TaskNotFound
 from onn_arc.model import TinyONN
 from onn_arc.scoring import Scorer, TaskScore, TwoAttempts, kaggle_json, score_task, write_submission
-from onn_arc.solve import Answer, Solution, check_options, solve_or_copy, solve_task
+from onn_arc.solve import Answer, Solution, solve_or_copy, solve_task
 from onn_arc.train import resolve_device
 
 TasksArg = Annotated[
@@ -246,7 +246,6 @@ def solve(
     if explain and len(tasks) > 1:
         raise ConfigError(f"--explain draws one task; {task} holds {len(tasks)}")
     loaded = load_checkpoint(checkpoint or default_checkpoint(), device=resolve_device(device))
-    check_options(cfg, loaded.meta.model)
     if leaked := loaded.meta.data.leaks_into(tasks):
         shown = ", ".join(leaked[:5]) + (", ..." if len(leaked) > 5 else "")
         err.print(f"warning: {loaded.folder} was trained on the test outputs of {shown}", markup=False, soft_wrap=True)

@@ -1,4 +1,4 @@
-"""`onn-arc tasks`: list a split's tasks with their sizes and sequence lengths in tokens."""
+"""`onn-arc tasks`: list a split's tasks with their sizes and their longest sequence in tokens."""
 
 import statistics
 from typing import Annotated
@@ -11,7 +11,7 @@ from onn_arc import data
 from onn_arc.cli.app import app
 from onn_arc.cli.common import JsonOpt, out
 from onn_arc.errors import TaskNotFound
-from onn_arc.tokens import encode_task
+from onn_arc.tokens import encode_pair
 
 SourceArg = Annotated[
     str,
@@ -37,13 +37,13 @@ def _row(index: int, task: data.Task) -> dict:
         "demos": len(task.train),
         "tests": len(task.test),
         "largest_grid": [height, width],
-        "tokens": len(encode_task(task, answer=task.has_test_outputs)),
+        "tokens": max(len(encode_pair(p, answer=p.output is not None)) for p in (*task.train, *task.test)),
     }
 
 
 @app.command()
 def tasks(split: SourceArg, as_json: JsonOpt = False) -> None:
-    """List tasks: demos, tests, the largest grid, and tokens of the task with its first test pair."""
+    """List tasks: demos, tests, the largest grid, and the tokens of its longest pair (what the context must hold)."""
     rows = [_row(i, task) for i, task in enumerate(data.load_source(split))]
     if not rows:
         raise TaskNotFound(f"{split}: holds no tasks")

@@ -69,9 +69,8 @@ def train_command(
     demo_source: Annotated[list[str] | None, Opt(help="Data of which only the demos are used (repeatable), e.g. arc1-eval.")] = None,
     size: Annotated[str | None, Opt(help="Model preset: tiny, small or base.")] = None,
     arch: Annotated[str | None, Opt(help="onn (Sparse Bayesian Layers) or dense (the baseline).")] = None,
-    format: Annotated[str | None, Opt("--format", help="pairs (a sequence per pair, a learned code per task; the default) or context (demos in context).")] = None,
-    input_loss: Annotated[bool | None, Opt("--input-loss/--no-input-loss", help="pairs: the loss on input grids too, and demo sources' test inputs.")] = None,
-    copies: Annotated[int | None, Opt(help="pairs: train every task as this many fixed augmented copies (the identity first), each with its own code, so a code never sees its rule under two colour maps or orientations (0: one code per task, a fresh augmentation per pair).")] = None,
+    input_loss: Annotated[bool | None, Opt("--input-loss/--no-input-loss", help="The loss on input grids too, and demo sources' test inputs.")] = None,
+    copies: Annotated[int | None, Opt(help="Train every task as this many fixed augmented copies (the identity first), each with its own code, so a code never sees its rule under two colour maps or orientations (0: one code per task, a fresh augmentation per pair).")] = None,
     d_model: Annotated[int | None, Opt(help="Override the preset's width.")] = None,
     n_layers: Annotated[int | None, Opt(help="Override the preset's depth.")] = None,
     loops: Annotated[int | None, Opt(help="Run the stack of blocks this many times with the same weights (weight-tied depth; 1: once).")] = None,
@@ -118,7 +117,7 @@ def train_command(
         defaults = _validate(fields, str(config))
     base = defaults.model_dump()
     flags = {
-        "sources": source, "demo_sources": demo_source, "model.arch": arch, "model.format": format,
+        "sources": source, "demo_sources": demo_source, "model.arch": arch,
         "input_loss": input_loss, "model.copies": copies, "model.d_model": d_model,
         "model.n_layers": n_layers, "model.loops": loops, "model.dropout": dropout, "model.max_len": max_len,
         "optimizer.name": optimizer, "optimizer.lr": lr, "optimizer.weight_decay": weight_decay, "ema": ema,
@@ -133,7 +132,7 @@ def train_command(
         flags["optimizer.lr"] = DEFAULT_LR[optimizer]
     if colours is not None:
         flags |= {"augment.colours": colours != "off"} | ({"augment.colour_scope": colours} if colours != "off" else {})
-    if size is not None:  # the preset's shape; every other model setting (arch, format, ...) stays
+    if size is not None:  # the preset's shape; every other model setting (arch, copies, ...) stays
         base["model"] |= ModelConfig.preset(size).model_dump(include=set(PRESETS[size]))
     for key, value in flags.items():
         if value is not None:
@@ -160,7 +159,7 @@ def _run(run: Run, device: torch.device, show: bool) -> None:
     if show:
         m = cfg.model
         err.print(
-            f"training {m.arch} ({m.format}{f', {m.copies} copies a task' if m.copies else ''}) d={m.d_model} "
+            f"training {m.arch}{f' ({m.copies} copies a task)' if m.copies else ''} d={m.d_model} "
             f"layers={m.n_layers}{f'×{m.loops}' if m.loops > 1 else ''} ctx={m.max_len} with {cfg.optimizer.name} "
             f"on {', '.join(cfg.sources)}{' + demos of ' + ', '.join(cfg.demo_sources) if cfg.demo_sources else ''} "
             f"→ {paths.root}  ({device}, {resolve_precision(cfg.precision, device)})"

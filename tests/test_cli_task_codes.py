@@ -1,6 +1,6 @@
-"""The pair format end to end through the CLI: `train --format pairs` on one bundled task and the demos of another,
-then `eval` in transductive mode (the trained codes, the leakage refusal, the mode and training cost in the report),
-the pair-format solve options, `solve`, `inspect` and `show --predictions` on what it made."""
+"""Task codes end to end through the CLI: `train` on one bundled task and the demos of another, then `eval` in
+transductive mode (the trained codes, the leakage refusal, the mode and training cost in the report), the task-code
+solve options, `solve`, `inspect` and `show --predictions` on what it made."""
 
 import json
 import re
@@ -33,20 +33,20 @@ def one_line_error(result, words: str) -> None:
 
 
 @pytest.fixture(scope="module")
-def pairs(tmp_path_factory) -> Path:
-    """A tiny pair-format checkpoint trained on SEEN (demos and test outputs) and the demos of DEMOS."""
-    root = tmp_path_factory.mktemp("pairs")
+def trained(tmp_path_factory) -> Path:
+    """A tiny checkpoint trained on SEEN (demos and test outputs) and the demos of DEMOS."""
+    root = tmp_path_factory.mktemp("trained")
     args = ["--size", "tiny", "--max-len", "256", "--steps", "2", "--batch-tokens", "512", "--seed", "0"]
-    result = run("train", "--format", "pairs", "--source", SEEN, "--demo-source", DEMOS, "--input-loss", *args,
+    result = run("train", "--source", SEEN, "--demo-source", DEMOS, "--input-loss", *args,
                  "--out", str(root / "run"), "--threads", "1", "--device", "cpu")  # fmt: skip
     assert result.exit_code == 0, result.output
     return root / "run" / "checkpoint"
 
 
-def test_eval_on_the_demo_source_is_transductive_with_the_trained_codes(pairs, tmp_path):
-    result = run("eval", "--split", DEMOS, "-c", str(pairs), "--out", str(tmp_path / "ev"), *FAST)
+def test_eval_on_the_demo_source_is_transductive_with_the_trained_codes(trained, tmp_path):
+    result = run("eval", "--split", DEMOS, "-c", str(trained), "--out", str(tmp_path / "ev"), *FAST)
     assert result.exit_code == 0, result.output
-    loaded = load_checkpoint(pairs)
+    loaded = load_checkpoint(trained)
     totals = loaded.meta.totals()
     assert loaded.meta.model.task_ids == ("6150a2bd", "25ff71a9") and totals["steps"] == 2 and totals["tokens"] > 0
     header = result.stdout.splitlines()[0]
@@ -67,14 +67,14 @@ def test_eval_on_the_demo_source_is_transductive_with_the_trained_codes(pairs, t
     assert "attempt 1" in shown.stdout and "attempt 2" in shown.stdout
 
 
-def test_eval_refuses_the_task_whose_test_outputs_it_trained_on(pairs, tmp_path):
-    one_line_error(run("eval", "--split", SEEN, "-c", str(pairs), "--out", str(tmp_path / "ev"), *FAST), "leakage")
+def test_eval_refuses_the_task_whose_test_outputs_it_trained_on(trained, tmp_path):
+    one_line_error(run("eval", "--split", SEEN, "-c", str(trained), "--out", str(tmp_path / "ev"), *FAST), "leakage")
     assert not (tmp_path / "ev").exists()
 
 
-def test_a_folder_with_one_coded_task_is_mixed_and_takes_the_pair_options(pairs, tmp_path):
+def test_a_folder_with_one_coded_task_is_mixed_and_takes_the_task_code_options(trained, tmp_path):
     options = ["--ttt-params", "code", "--task-code-init", "zero", "--json"]
-    result = run("eval", "--split", str(DATA), "--tasks", "25ff71a9,puzzle-no-answer", "-c", str(pairs),
+    result = run("eval", "--split", str(DATA), "--tasks", "25ff71a9,puzzle-no-answer", "-c", str(trained),
                  "--out", str(tmp_path / "ev"), *FAST, *options)  # fmt: skip
     assert result.exit_code == 0, result.output
     summary = json.loads(result.stdout)
@@ -83,34 +83,23 @@ def test_a_folder_with_one_coded_task_is_mixed_and_takes_the_pair_options(pairs,
     assert (solve_cfg["ttt_params"], solve_cfg["task_code_init"]) == ("code", "zero")
 
 
-def test_solve_with_a_pair_checkpoint(pairs, tmp_path):
+def test_solve_with_the_task_code_options(trained, tmp_path):
     out_file = tmp_path / "sub.json"
-    result = run("solve", str(DATA / "puzzle-no-answer.json"), "-c", str(pairs), "--ttt-params", "code",
+    result = run("solve", str(DATA / "puzzle-no-answer.json"), "-c", str(trained), "--ttt-params", "code",
                  "--out", str(out_file), *FAST)  # fmt: skip
     assert result.exit_code == 0, result.output
     assert "test-time training: 1 steps" in result.stdout and list(json.loads(out_file.read_text())) == ["puzzle-no-answer"]
 
 
-def test_pair_options_on_a_context_checkpoint_are_refused_in_one_line(tmp_path):
-    data = TrainingData(sources=["s"], test_outputs_from=["s"], demos_only=[], task_ids_with_test_outputs=[], n_tasks=1)
-    context = save_checkpoint(tmp_path / "ctx", TinyONN(ModelConfig.preset("tiny", max_len=64)), data, 0, {})
-    for option, value in [("--ttt-params", "code"), ("--task-code-init", "zero")]:
-        words = f"{option[2:].replace('-', '_')}='{value}': only the pair format has task codes"
-        evaluated = run("eval", "--split", SEEN, "-c", str(context), "--out", str(tmp_path / "ev"), option, value)
-        one_line_error(evaluated, words)
-        one_line_error(run("solve", SEEN, "-c", str(context), option, value), words)
-    assert not (tmp_path / "ev").exists()
-
-
-def test_inspect_a_pair_checkpoint_counts_its_codes_and_measures_activation_with_them(tmp_path):
+def test_inspect_counts_the_codes_and_measures_activation_with_them(tmp_path):
     torch.manual_seed(0)
     ids = ("007bbfb7", *(f"task{i:04d}" for i in range(1, 300)))  # arc1-train's first task has a code, its second none
-    model = TinyONN(ModelConfig.preset("tiny", format="pairs", task_ids=ids))
+    model = TinyONN(ModelConfig.preset("tiny", task_ids=ids))
     data = TrainingData(sources=["s"], test_outputs_from=[], demos_only=["s"], task_ids_with_test_outputs=[], n_tasks=300)
     folder = save_checkpoint(tmp_path / "ck", model, data, 0, {})
     result = run("inspect", str(folder), "--tasks", "2", "--threads", "1")
     assert result.exit_code == 0, result.output
     assert "task0001" not in result.stdout
-    assert re.search(r"format\s*│ pairs", result.stdout) and re.search(r"task codes\s*│ 300 ", result.stdout)
+    assert re.search(r"task codes\s*│ 300 ", result.stdout) and not re.search(r"│ (format|planes) ", result.stdout)
     activation = json.loads(run("inspect", str(folder), "--tasks", "2", "--json").stdout)["activation"]
     assert activation["tasks"] == ["007bbfb7", "017c7c7b"] and activation["tokens"] > 0 and 0 < activation["mean_rate"] <= 1
