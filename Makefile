@@ -4,7 +4,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed-stamp
 ONNARC := $(VENV)/bin/onn-arc
 
-.PHONY: install test test-all run ship bench-model bench-optim bench-fit bench-solve bench-sparsity ablations bench-formats bench-colours bench-recipes curve train-stage clean
+.PHONY: install test test-all run ship bench-model bench-optim bench-fit bench-solve bench-sparsity ablations bench-colours bench-recipes curve train-stage clean
 
 $(PY):
 	python3 -m venv $(VENV)
@@ -60,13 +60,9 @@ bench-solve: $(STAMP)
 bench-sparsity: $(STAMP)
 	$(PY) bench/sparsity.py
 
-# Training and solving ablations on one budget and subset (about an hour on 2 cores; resumable).
+# Training and solving ablations on one budget and subset (small preset; about an hour on 2 cores; resumable).
 ablations: $(STAMP)
 	$(PY) bench/ablations.py
-
-# The format comparison: in-context vs the pair format and its parts, equal training time, scored on arc1-dev (resumable).
-bench-formats: $(STAMP)
-	$(PY) bench/formats.py
 
 # Solve-time colour augmentations (all colours, input colours only, ...) on the 80 dev tasks, split by new colour (~20 min an arm; resumable).
 bench-colours: $(STAMP)

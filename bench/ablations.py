@@ -2,11 +2,13 @@
 
     python bench/ablations.py [--root runs/ablations] [--jobs 2] [--steps 2000] [--limit 20]        (make ablations)
 
-Every variant is trained by `onn-arc train` with the same budget (the in-context format, the `small` preset,
-`--steps` steps of 4096 padded tokens, seed 0, the 320 ARC-AGI-1 training tasks outside the dev set), then scored by
-`onn-arc eval` on the first `--limit` dev tasks (`arc1-dev`, never an evaluation split: recipes are chosen on the dev
-set alone) with the default solve settings (test-time training on each task's demos, 6 views). Until 2026-12-06 it
-trained on all of ARC-AGI-1 training and scored the first 20 `arc1-eval` tasks (the README's table, commit 22d6a91).
+Every variant is trained by `onn-arc train` with the same budget (the `small` preset, `--steps` steps of 4096 padded
+tokens, seed 0, the 320 ARC-AGI-1 training tasks outside the dev set), then scored by `onn-arc eval` on the first
+`--limit` dev tasks (`arc1-dev`, never an evaluation split: recipes are chosen on the dev set alone; each gets a fresh
+task code) with the default solve settings (test-time training on each task's demos, 6 views). Until 2026-12-06 it
+trained on all of ARC-AGI-1 training and scored the first 20 `arc1-eval` tasks (the README's table, commit 22d6a91);
+until the in-context format was retired (after commit 841b775) it trained that format, so its tables before then
+are of in-context models.
 Variants change one thing against `onn-gn`:
 
     onn-gn        Tiny-ONN (Sparse Bayesian Layers), Gauss-Newton preconditioned updates: the reference
@@ -54,7 +56,7 @@ console = Console(width=None if sys.stdout.isatty() else 150)  # the table's 11 
 def train(root: Path, name: str, steps: int) -> None:
     out = root / name
     resume = ["--resume"] if (out / "checkpoint").exists() else []
-    budget = ["--format", "context", "--size", "small", "--source", "arc1-train-nodev", "--steps", str(steps)]
+    budget = ["--size", "small", "--source", "arc1-train-nodev", "--steps", str(steps)]
     budget += ["--batch-tokens", "4096"]
     budget += ["--checkpoint-every", "200"]
     args = ["train", "--out", str(out), *budget, "--seed", "0", "--threads", "1", *TRAINED[name], *resume]
@@ -89,7 +91,7 @@ def main() -> None:
     parser.add_argument("--root", type=Path, default=Path("runs/ablations"))
     parser.add_argument("--jobs", type=int, default=2, help="jobs at once, one torch thread each")
     parser.add_argument("--steps", type=int, default=2000, help="training steps per variant")
-    parser.add_argument("--limit", type=int, default=20, help="first N ARC-AGI-1 evaluation tasks")
+    parser.add_argument("--limit", type=int, default=20, help="first N arc1-dev tasks")
     args = parser.parse_args()
     args.root.mkdir(parents=True, exist_ok=True)
 
