@@ -95,20 +95,24 @@ def onn_arc(args: list[str], log: Path, console: Console) -> None:
 
 
 def train_pairs(
-    out: Path, seconds: float, sources: list[str], flags: list[str], console: Console, size: str = "base"
-) -> None:
-    """Train the `size` preset into `out` on `sources` for `seconds` of step-time with `flags`
-    besides, checkpointing every 200 steps; resume it where a run was started before (its saved config has
-    everything)."""
+    out: Path,
+    seconds: float | None,
+    sources: list[str],
+    flags: list[str],
+    console: Console,
+    size: str = "base",
+    steps: int = 1_000_000,
+) -> None:  # fmt: skip
+    """Train the `size` preset into `out` on `sources` for `seconds` of step-time (None: for `steps` steps, the lr
+    schedule over them) with `flags` besides, checkpointing every 200 steps; resume it where a run was started before
+    (its saved config has everything)."""
     log = out.with_name(f"{out.name}.train.log")
     if (out / "checkpoint").exists():
         onn_arc(["train", "--out", str(out), "--resume"], log, console)
         return
     data = [flag for source in sources for flag in ("--source", source)]
-    args = [
-        "train", "--out", str(out), "--size", size, *data, "--seconds", str(seconds),
-        "--steps", "1000000", "--checkpoint-every", "200", *flags,
-    ]  # fmt: skip
+    budget = ["--steps", str(steps), *(["--seconds", str(seconds)] if seconds is not None else [])]
+    args = ["train", "--out", str(out), "--size", size, *data, *budget, "--checkpoint-every", "200", *flags]
     onn_arc(args, log, console)
 
 

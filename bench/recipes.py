@@ -19,7 +19,9 @@ Arms (train flags beside `--size base` and `--common`):
 
 Every command is printed; an interrupted arm resumes where its last periodic checkpoint left it (rerun the same
 command), a finished one is reused. Compare arms only when they ran on the same idle machine: `--seconds` is
-step-time, and a second heavy job halves every arm's steps. Ends with a table and one `RESULT arm=...` line per arm.
+step-time, and a second heavy job halves every arm's steps. Across machines, match steps instead: `--steps N`
+trains every arm N steps, e.g. the steps of an arm that trained by `--seconds` elsewhere. Ends with a table and
+one `RESULT arm=...` line per arm.
 """
 
 import argparse
@@ -57,6 +59,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--root", type=Path, default=Path("runs/recipes"))
     parser.add_argument("--seconds", type=float, default=7200, help="training step-time of every arm")
+    parser.add_argument(
+        "--steps", type=int, help="train every arm this many steps instead (the lr schedule over steps): equal compute "
+        "on machines of different speeds, e.g. the steps an arm trained by --seconds took elsewhere"
+    )  # fmt: skip
     parser.add_argument("--source", nargs="+", default=["arc1-train-nodev", "arc2-train-new"])
     parser.add_argument("--arms", nargs="+", choices=list(ARMS), default=["base", "copies-8", "copies-32"])
     parser.add_argument("--size", default="base", help="model preset (tiny: a smoke test)")
@@ -66,7 +72,8 @@ def main() -> None:
     args.root.mkdir(parents=True, exist_ok=True)
 
     tasks = {t.id: t for t in load_split(DEV)}
-    title = f"recipes at {args.seconds / 3600:g} h of training each on {' + '.join(args.source)}; {args.limit} {DEV} tasks"
+    budget = f"{args.steps} steps" if args.steps else f"{args.seconds / 3600:g} h"
+    title = f"recipes at {budget} of training each on {' + '.join(args.source)}; {args.limit} {DEV} tasks"
     table = Table(title=title, box=None, pad_edge=False)
     for name in ("arm", "flags", "params", "steps", "train loss", "new colour: solved", "changed", "other: solved",
                  "changed", "pass@2", "pass@1", "changed-cell", "shape", "tuned loss", "s/task"):  # fmt: skip
@@ -74,7 +81,8 @@ def main() -> None:
     for arm in args.arms:
         run = args.root / arm
         flags = ["--seed", "0", *shlex.split(args.common), *ARMS[arm]]
-        train_pairs(run, args.seconds, args.source, flags, console, args.size)
+        seconds, steps = (None, args.steps) if args.steps else (args.seconds, 1_000_000)
+        train_pairs(run, seconds, args.source, flags, console, args.size, steps)
         eval_args = [
             "eval", "--split", DEV, "--limit", str(args.limit), "--workers", "2", "--checkpoint", str(run / "checkpoint"),
             "--out", str(run / "eval"),

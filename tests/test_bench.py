@@ -96,12 +96,12 @@ def test_new_colour_split_counts_solved_tasks_and_changed_cells_per_group():
 @pytest.mark.slow
 def test_recipes_smoke_trains_scores_and_reports_each_arm(tmp_path):
     proc = subprocess.run(
-        [sys.executable, str(BENCH / "recipes.py"), "--root", str(tmp_path), "--size", "tiny", "--seconds", "3",
+        [sys.executable, str(BENCH / "recipes.py"), "--root", str(tmp_path), "--size", "tiny", "--steps", "4",
          "--limit", "2", "--arms", "base", "copies-8", "--source", str(BENCH.parent / "data")],
         capture_output=True, text=True, timeout=600, check=False,
     )  # fmt: skip
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     lines = [dict(p.split("=", 1) for p in line.split()[1:]) for line in proc.stdout.splitlines() if line.startswith("RESULT ")]
     assert [r["arm"] for r in lines] == ["base", "copies-8"]
-    assert all(0 <= float(r["pass_at_2"]) <= 1 and int(r["steps"]) > 0 for r in lines)
+    assert all(0 <= float(r["pass_at_2"]) <= 1 and int(r["steps"]) == 4 for r in lines)  # --steps: equal compute
     assert "onn-arc train" in proc.stdout and "--copies 8" in proc.stdout  # every command is printed
