@@ -1,7 +1,7 @@
 """Solving speed and accuracy: pass@2 with and without test-time training on a fixed set of ARC-AGI-1 evaluation tasks.
 
     python bench/solve.py [--checkpoint DIR] [--threads 2] [--precision auto]        (make bench-solve)
-    python bench/solve.py --decode [--checkpoint DIR] [--threads 1]                  (greedy decoding speed only)
+    python bench/solve.py --decode [--sampler dfs] [--checkpoint DIR] [--threads 1]  (decoding speed only)
 
 Tasks: 10 ARC-AGI-1 evaluation tasks, in split order:
 
@@ -19,10 +19,12 @@ with Gauss-Newton took 1.4 s (1 thread), and cached greedy decoding ~5 ms per to
 A task takes ~50 s typically and stays under ~105 s with two 30×30 test outputs. `sec_per_task` is the measured
 mean with test-time training. (With two torch threads on a core another process also uses, a step took 3.4 s:
 thread oversubscription; on a busy machine pass --threads 1.) Those decoding costs are for one prompt at a time;
-solving now decodes all views × test inputs of a task together (`decode.greedy_batch`), which `--decode` measures:
-greedy decoding tokens/s of 1, 16 and 32 prompts (the test inputs of the first arc1-dev tasks whose test outputs have
-at most DECODE_TOKENS tokens, in DECODE_VIEWS views each under a fresh code, as solving makes them), one by one
-(`decode.greedy`) and together, interleaved, best of DECODE_ROUNDS; both must decode the same grids.
+solving now decodes all views × test inputs of a task together (`decode.greedy_batch`, `decode.dfs_batch`), which
+`--decode` measures: decoding tokens/s of 1, 16 and 32 prompts (the test inputs of the first arc1-dev tasks whose
+test outputs have at most DECODE_TOKENS tokens, in DECODE_VIEWS views each under a fresh code, as solving makes them),
+one by one (`decode.greedy`, `decode.dfs`) and together, interleaved, best of DECODE_ROUNDS; both must decode the same
+grids. A token is one fed to the model after the prompts (a search feeds one per node it expands); dfs searches as
+`SolveConfig` says (floor `min_prob`, at most `max_candidates` grids per prompt).
 Ends with one `RESULT key=value ...` line.
 """
 
@@ -76,13 +78,28 @@ def decode_prompts(model: TinyONN, n: int) -> tuple[TinyONN, list[Sequence]]:
     return model, prompts[:n]
 
 
-def decode_speed(model: TinyONN, threads: int) -> None:
-    """Greedy decoding tokens/s, one by one vs together (module docstring); a table and the RESULT line."""
+def decode_speed(model: TinyONN, threads: int, sampler: str) -> None:
+    """Decoding tokens/s, one by one vs together (module docstring); a table and the RESULT line."""
     model, prompts = decode_prompts(model, max(DECODE_ROWS))
-    decoders = {
-        "one by one": lambda ps: [decode.greedy(model, p) for p in ps],
-        "together": lambda ps: decode.greedy_batch(model, ps),
-    }
+    cfg = SolveConfig(sampler=sampler)
+    if sampler == "dfs":
+        decoders = {
+            "one by one": lambda ps: [decode.dfs(model, p, cfg.min_prob, cfg.max_candidates) for p in ps],
+            "together": lambda ps: decode.dfs_batch(model, ps, cfg.min_prob, cfg.max_candidates),
+        }
+    else:
+        decoders = {
+            "one by one": lambda ps: [decode.greedy(model, p) for p in ps],
+            "together": lambda ps: decode.greedy_batch(model, ps),
+        }
+    fed = 0  # tokens fed after the prompts, over all rows
+
+    def count(_: TinyONN, args: tuple, __: object) -> None:
+        nonlocal fed
+        if args[0].shape[1] == 1:  # tokens (B, 1): one more per row; (B, P) is the prompts
+            fed += args[0].shape[0]
+
+    model.register_forward_hook(count)
     decoders["together"](prompts[:2])  # warm-up
     seconds: dict[tuple[str, int], float] = {}
     tokens: dict[int, int] = {}
@@ -90,13 +107,13 @@ def decode_speed(model: TinyONN, threads: int) -> None:
         for n in DECODE_ROWS:
             found = {}
             for name, run in decoders.items():
-                start = time.perf_counter()
+                start, fed = time.perf_counter(), 0
                 found[name] = run(prompts[:n])
                 seconds[name, n] = min(seconds.get((name, n), float("inf")), time.perf_counter() - start)
+            tokens[n] = fed  # the same searches either way
             grids = {name: [[c.tokens for c in f] for f in fs] for name, fs in found.items()}
             assert grids["one by one"] == grids["together"], f"{n} prompts: together decoded other grids"
-            tokens[n] = sum(len(f[0].tokens) if f else decode.GRID_TOKENS for f in found["together"])  # none: ran out
-    title = f"greedy decoding, {threads} thread(s): tokens/s, best of {DECODE_ROUNDS}"
+    title = f"{sampler} decoding, {threads} thread(s): tokens/s, best of {DECODE_ROUNDS}"
     table = Table(title=title)
     for name in ("prompts", "tokens", "one by one", "together", "speed-up"):
         table.add_column(name, justify="right")
@@ -110,7 +127,7 @@ def decode_speed(model: TinyONN, threads: int) -> None:
         result[f"tok_s_seq_{n}"] = round(tokens[n] / seconds["one by one", n], 1)
         result[f"tok_s_batch_{n}"] = round(tokens[n] / seconds["together", n], 1)
         result[f"speedup_{n}"] = round(seconds["one by one", n] / seconds["together", n], 2)
-    result |= {"prompts": len(prompts), "tokens": tokens[max(DECODE_ROWS)], "threads": threads}
+    result |= {"sampler": sampler, "prompts": len(prompts), "tokens": tokens[max(DECODE_ROWS)], "threads": threads}
     print("RESULT " + " ".join(f"{k}={v}" for k, v in result.items()))
 
 
@@ -119,7 +136,8 @@ def main() -> None:
     parser.add_argument("--checkpoint", type=Path, default=None, help="checkpoint folder (default: the shipped one)")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16"], help="test-time training")
-    parser.add_argument("--decode", action="store_true", help="measure greedy decoding speed only (see above)")
+    parser.add_argument("--decode", action="store_true", help="measure decoding speed only (see above)")
+    parser.add_argument("--sampler", default="greedy", choices=["greedy", "dfs"], help="--decode: which sampler")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     console = Console(stderr=True)
@@ -128,7 +146,7 @@ def main() -> None:
     except OnnArcError as e:
         sys.exit(f"error: {e}")
     if args.decode:
-        decode_speed(loaded.model, args.threads)
+        decode_speed(loaded.model, args.threads, args.sampler)
         return
     tasks = bench_tasks()
     modes = {"ttt": SolveConfig(precision=args.precision), "no_ttt": SolveConfig(ttt_steps=0, precision=args.precision)}

@@ -16,7 +16,17 @@ valid grid; probabilities are the model's own, never renormalised over the allow
   padding), all rows take their next token together, and a row leaves the batch once its grid ends or its room runs
   out. Each row decodes what `greedy` decodes from its prompt alone; `greedy` is the batch of one.
 - `dfs`: depth-first search over every continuation whose cumulative probability stays >= `min_prob`, most probable
-  child first; backtracking crops the cache to the branching point. At most 1 / min_prob grids can qualify.
+  child first. At most 1 / min_prob grids can qualify.
+- `dfs_batch`: `dfs` for many prompts at once, one KV-cache row per prompt. Every step each row pops its own stack,
+  exactly as `dfs` alone would, down to its next node to expand, and all rows' nodes go through one forward pass,
+  each at its own depth: a token is always written at the end of the cache, and a row that backtracked hides the
+  tokens of its abandoned branch from itself with the attention mask, as it hides padding (positions come from
+  (row, column, plane), never from where a token sits in the cache). When the cache is full, each row's branch is
+  moved back next to its prompt (`KVCache.gather`). Each row finds what `dfs` finds from its prompt alone; `dfs` is
+  the batch of one.
+
+Both samplers take an optional `deadline` (a `time.perf_counter()` value): past it no more tokens are fed, so greedy
+rows still writing give no grid and a search keeps the grids it found.
 
 Every candidate carries, per cell, the probability of its colour and the mean SBL activation rate (fraction of
 units that fired, averaged over the routed layers; 1.0 for the dense baseline) of the forward pass whose logits
@@ -25,6 +35,7 @@ chose it: the evidence `onn-arc solve --explain` draws.
 
 import itertools
 import math
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -42,6 +53,7 @@ END = EOS  # the token a candidate records for "the grid ends here"
 CHOICES = (*range(N_COLOURS), ROW, END)  # what the decoder can write next, in the order of `_choice_logprobs`
 GRID_TOKENS = MAX_COORD * (MAX_COORD + 1) + 1  # the longest grid: 30 rows of 30 cells and a row end, then its end
 SCORED_TOKENS = 8192  # padded tokens per forward pass of `teacher_forced`
+DFS_ROOM = 256  # dfs: cache room beyond the longest branch, for abandoned tokens until the cache is compacted
 
 Shape = tuple[int, int, int]  # a prefix's (finished rows, row width or 0 before the first row end, cells in this row)
 Choices = tuple[list[float], float]  # log-probabilities of CHOICES next, activation rate of the pass that gave them
@@ -95,11 +107,15 @@ class _Node:
 
 
 class _Decoder:
-    """The model and a KV cache holding prompts, left-padded to the longest, plus each row's current branch.
+    """The model and a KV cache holding prompts, left-padded to the longest, then each row's current branch.
 
-    Row b holds prompt `index[b]`; every row's branch has the same depth (one token per row per step)."""
+    Row b holds prompt `index[b]`. Each step feeds one token per row at the end of the cache, whatever the depth of
+    its node; `seen` (B, capacity) marks what row b's next token may attend to: its prompt's real tokens and its
+    branch (`branch[b]`: the cache index of each of its tokens), so a row that backtracked no longer sees the tokens
+    it abandoned. `room` is the cache's capacity beyond the longest branch a row can hold; when it is used up,
+    `_compact` moves each branch back next to its prompt."""
 
-    def __init__(self, model: TinyONN, prompts: list[Sequence], max_tokens: int):
+    def __init__(self, model: TinyONN, prompts: list[Sequence], max_tokens: int, room: int = 0):
         self.model = model
         self.device = next(model.parameters()).device
         self.lengths = [len(p) for p in prompts]
@@ -108,7 +124,7 @@ class _Decoder:
         self.start = max(self.lengths)  # cache index of the first generated token, in every row
         self.limits = [min(max_tokens, model.cfg.max_len - n + 1) for n in self.lengths]  # tokens a row may generate
         self.index = list(range(len(prompts)))
-        capacity = self.start + max(self.limits) - 1  # a row's last token, the end, is never fed back
+        capacity = self.start + max(self.limits) - 1 + room  # a row's last token, the end, is never fed back
         self.cache: KVCache = model.new_cache(capacity)
         self.layers = [layer for _, layer in model.routed_layers()]
         self.task = torch.tensor([p.task for p in prompts], device=self.device)  # (B,)
@@ -117,13 +133,15 @@ class _Decoder:
         for b, p in enumerate(prompts):
             arrays[:, b, self.start - len(p) :] = p.tokens, p.rows, p.cols, p.pos
         pad = self.start - np.array(self.lengths)[:, None]  # (B, 1) padding before each prompt
-        real = torch.as_tensor(np.arange(capacity) >= pad, device=self.device)  # (B, capacity) False on the padding
-        self.real = real if pad.any() else None
+        self.seen = torch.as_tensor(np.arange(capacity) >= pad, device=self.device)  # (B, capacity)
+        self.seen[:, self.start :] = False
+        self.masked = bool(pad.any())  # False while no row hides anything: attention needs no mask
+        self.branch: list[list[int]] = [[] for _ in prompts]
         self.first = self._forward(*torch.as_tensor(arrays, device=self.device))  # (B, P) each
 
     def _forward(self, tokens: Tensor, rows: Tensor, cols: Tensor, pos: Tensor) -> list[Choices]:
         """Feed new tokens (B, T); each row's choices after its last one."""
-        mask = None if self.real is None else self.real[:, : self.cache.length + tokens.shape[1]]  # (B, past + T)
+        mask = self.seen[:, : self.cache.length + tokens.shape[1]] if self.masked else None  # (B, past + T)
         logits = self.model(tokens, rows, cols, pos, cache=self.cache, task=self.task, attention_mask=mask)  # (B, T, V)
         if self.layers:
             rates = torch.stack([layer.last_rate[:, -1] for layer in self.layers]).mean(0).tolist()  # (B,)
@@ -132,18 +150,44 @@ class _Decoder:
         return list(zip(_choice_logprobs(logits[:, -1]).tolist(), rates))
 
     def after(self, nodes: list[_Node]) -> list[Choices]:
-        """Choices after each row's node: the cache is cropped to their parents' branches, then their tokens are fed."""
-        self.cache.crop(self.start + nodes[0].depth - 1)
+        """Choices after each row's node, a child of a node on the row's branch: the branch is cut back to the
+        node's parent, and the node's token is fed after it."""
+        if self.cache.length == self.cache.max_len:
+            self._compact()
+        end = self.cache.length
+        for b, node in enumerate(nodes):
+            branch = self.branch[b]
+            if len(branch) >= node.depth:  # backtracked: hide the abandoned tokens
+                self.seen[b, branch[node.depth - 1 :]] = False
+                del branch[node.depth - 1 :]
+                self.masked = True
+            branch.append(end)
+        self.seen[:, end] = True
         new = [(n.token, *next_position(n.tokens()[:-1])) for n in nodes]
         return self._forward(*torch.tensor(new, device=self.device).T[..., None])  # (B, 1) each
+
+    def _compact(self) -> None:
+        """Move each row's branch back next to its prompt, dropping the tokens no row sees."""
+        width = max(map(len, self.branch))
+        index = torch.zeros(len(self.branch), self.start + width, dtype=torch.long)  # (B, P + width)
+        index[:, : self.start] = torch.arange(self.start)
+        seen = torch.zeros_like(self.seen)
+        seen[:, : self.start] = self.seen[:, : self.start]
+        for b, branch in enumerate(self.branch):
+            index[b, self.start : self.start + len(branch)] = torch.tensor(branch)  # beyond: index 0, unseen
+            seen[b, self.start : self.start + len(branch)] = True
+            self.branch[b] = list(range(self.start, self.start + len(branch)))
+        self.cache.gather(index.to(self.device))
+        self.seen = seen
 
     def keep(self, rows: list[int]) -> None:
         """Drop every row but `rows` (positions in the current rows)."""
         self.index = [self.index[b] for b in rows]
+        self.branch = [self.branch[b] for b in rows]
         at = torch.tensor(rows, dtype=torch.long, device=self.device)
         self.cache.keep(at)
         self.task = self.task[at]
-        self.real = None if self.real is None else self.real[at]
+        self.seen = self.seen[at]
 
 
 def _choice_logprobs(logits: Tensor) -> Tensor:
@@ -192,8 +236,10 @@ def greedy_batch(
     prompts: list[Sequence],
     max_tokens: int = GRID_TOKENS,
     on_done: Callable[[int], None] | None = None,
+    deadline: float | None = None,
 ) -> list[list[Candidate]]:
-    """`greedy` of each prompt, decoded together; `on_done` gets each prompt's index as its decoding ends."""
+    """`greedy` of each prompt, decoded together; `on_done` gets each prompt's index as its decoding ends. Past
+    `deadline` (a `time.perf_counter()` value) every row still writing ends without a grid."""
     found: list[list[Candidate]] = [[] for _ in prompts]
     if not prompts:
         return found
@@ -201,7 +247,8 @@ def greedy_batch(
         decoder = _Decoder(model, prompts, max_tokens)
         nodes = [_children(None, choices)[0] for choices in decoder.first]  # each row's latest token
         while nodes:
-            ended = [n.token == END or n.depth >= decoder.limits[i] for i, n in zip(decoder.index, nodes)]
+            late = _past(deadline)
+            ended = [late or n.token == END or n.depth >= decoder.limits[i] for i, n in zip(decoder.index, nodes)]
             for i, node in itertools.compress(zip(decoder.index, nodes), ended):
                 if node.token == END:
                     found[i] = [_candidate(node)]
@@ -221,35 +268,84 @@ def dfs(
 ) -> list[Candidate]:
     """Every grid of probability >= `min_prob` and at most `max_tokens` generated tokens (END included), most
     probable first; the search stops early once it has found `max_candidates` of them."""
+    return dfs_batch(model, [prompt], min_prob, max_candidates, max_tokens)[0]
+
+
+def dfs_batch(
+    model: TinyONN,
+    prompts: list[Sequence],
+    min_prob: float = 0.1,
+    max_candidates: int = 8,
+    max_tokens: int = GRID_TOKENS,
+    on_done: Callable[[int], None] | None = None,
+    deadline: float | None = None,
+) -> list[list[Candidate]]:
+    """`dfs` of each prompt, searched together (module docstring); `on_done` gets each prompt's index as its search
+    ends. Past `deadline` (a `time.perf_counter()` value) every search ends with the grids it has found."""
     if not 0 < min_prob <= 1:
         raise ValueError(f"min_prob must be in (0, 1], got {min_prob}")
     floor = math.log(min_prob)
-    found: list[Candidate] = []
-    with torch.inference_mode():
-        decoder = _Decoder(model, [prompt], max_tokens)
-        stack = [n for n in reversed(_children(None, decoder.first[0])) if n.logprob >= floor]
-        while stack and len(found) < max_candidates:
+    found: list[list[Candidate]] = [[] for _ in prompts]
+    if not prompts:
+        return found
+
+    def push(stack: list[_Node], parent: _Node | None, choices: Choices) -> None:
+        stack += [n for n in reversed(_children(parent, choices)) if n.logprob >= floor]  # most probable on top
+
+    def pop(stack: list[_Node], i: int) -> _Node | None:
+        """Pop prompt i's stack down to its next node to expand, keeping the grids that end; None when done."""
+        while stack and len(found[i]) < max_candidates:
             node = stack.pop()
             if node.token == END:
-                found.append(_candidate(node))
-            elif node.depth < decoder.limits[0]:
-                stack += [n for n in reversed(_children(node, decoder.after([node])[0])) if n.logprob >= floor]
-    return sorted(found, key=lambda c: -c.logprob)
+                found[i].append(_candidate(node))
+            elif node.depth < decoder.limits[i]:
+                return node
+        return None
+
+    with torch.inference_mode():
+        decoder = _Decoder(model, prompts, max_tokens, room=DFS_ROOM)
+        stacks: list[list[_Node]] = [[] for _ in prompts]
+        for stack, choices in zip(stacks, decoder.first):
+            push(stack, None, choices)
+        while stacks:
+            nodes = [pop(stack, i) for stack, i in zip(stacks, decoder.index)]
+            if _past(deadline):
+                nodes = [None] * len(nodes)
+            if None in nodes:
+                for i, node in zip(decoder.index, nodes):
+                    if node is None and on_done is not None:
+                        on_done(i)
+                going = [b for b, node in enumerate(nodes) if node is not None]
+                decoder.keep(going)
+                stacks, nodes = [stacks[b] for b in going], [nodes[b] for b in going]
+            if stacks:
+                for stack, node, choices in zip(stacks, nodes, decoder.after(nodes)):
+                    push(stack, node, choices)
+    return [sorted(f, key=lambda c: -c.logprob) for f in found]
+
+
+def _past(deadline: float | None) -> bool:
+    return deadline is not None and time.perf_counter() >= deadline
 
 
 @torch.inference_mode()
-def teacher_forced(model: TinyONN, seqs: list[Sequence], batch_tokens: int = SCORED_TOKENS) -> list[float | None]:
+def teacher_forced(
+    model: TinyONN, seqs: list[Sequence], batch_tokens: int = SCORED_TOKENS, deadline: float | None = None
+) -> list[float | None] | None:
     """Each sequence's summed log-probability of its target tokens (`Sequence.targets`: a grid's cells, row ends and
     the token that ends it) given every token before, counted as a `Candidate`'s: a colour or row end by its own
     probability, the end by every ending token's together (`_choice_logprobs`), never renormalised. Full forward
     passes without autocast (fp32, as decoding) over batches of at most `batch_tokens` padded tokens; None for a
-    sequence that does not fit the context (its last token, which is never fed, aside)."""
+    sequence that does not fit the context (its last token, which is never fed, aside). None when `deadline` (a
+    `time.perf_counter()` value) passes before every batch was scored."""
     device = next(model.parameters()).device
     choice = torch.full((VOCAB_SIZE,), len(CHOICES) - 1, device=device)  # each token's place in CHOICES: the end...
     choice[list(CHOICES[:-1])] = torch.arange(len(CHOICES) - 1, device=device)  # ...but for the colours and ROW
     fits = [i for i, seq in enumerate(seqs) if len(seq) - 1 <= model.cfg.max_len]
     scores: list[float | None] = [None] * len(seqs)
     for rows, batch in batches([seqs[i] for i in fits], batch_tokens):
+        if _past(deadline):
+            return None
         b = batch.to(device)
         fed = [x[:, :-1] for x in (b.tokens, b.rows, b.cols, b.pos)]  # (B, T - 1) each: the last token predicts nothing
         logits = model(*fed, task=b.task)  # (B, T - 1, V): position t predicts token t + 1

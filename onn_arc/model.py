@@ -32,7 +32,8 @@ Read bottom-up: SBL -> Linear -> Attention (DynSIHA) -> FFN (MoIE) -> Block -> T
   every token of the sequence, looked up by the sequence's task index. `add_task_code` grows the table for a task
   the model never saw (test-time training learns its code).
 - arch="dense" is the baseline: every SBL becomes a plain Linear, everything else stays.
-- KVCache is preallocated per loop and layer; crop(n) backtracks, keep(rows) drops finished sequences of a batch.
+- KVCache is preallocated per loop and layer; crop(n) backtracks, keep(rows) drops finished sequences of a batch,
+  gather(index) rearranges each row's tokens (a search compacting the branches it keeps).
   Cached decoding computes exactly what the full forward computes (same positions, same maths), one token at a time
   or in chunks.
 - Positions are never implied by where a token sits, so a batch of sequences of different lengths can be left-padded:
@@ -161,6 +162,15 @@ class KVCache:
                 if old is not None:
                     store[slot] = old.new_empty(len(rows), *old.shape[1:])
                     store[slot][:, :, : self.length] = old[rows, :, : self.length]
+
+    def gather(self, index: Tensor) -> None:
+        """Keep in each row b the cached tokens at index[b] (B, n), in that order: n tokens cached."""
+        for store in (self._k, self._v):
+            for old in store:
+                if old is not None:
+                    at = index[:, None, :, None].expand(-1, old.shape[1], -1, old.shape[3])  # (B, H, n, hd)
+                    old[:, :, : index.shape[1]] = old.gather(2, at)
+        self.length = index.shape[1]
 
     def advance(self, n: int) -> None:
         """Count n new tokens as cached (after every slot stored them)."""

@@ -195,6 +195,58 @@ def test_dfs_with_cache_cropping_equals_exhaustive_enumeration(seed, min_prob):
     assert [c.logprob for c in found] == sorted((c.logprob for c in found), reverse=True)
 
 
+@pytest.mark.parametrize(
+    "arch,loops,room", [("onn", 1, decode.DFS_ROOM), ("onn", 1, 1), ("dense", 1, 1), ("onn", 2, 1)]
+)
+def test_dfs_batch_searches_each_prompt_as_dfs_does_alone(arch, loops, room, monkeypatch):
+    """Prompts of different lengths (left-padded) under two codes, searched together: each row branches and
+    backtracks at its own depths, some stop at `max_candidates` while others go on, and with room for 1 abandoned
+    token the cache is compacted again and again; every row finds what `dfs` finds alone, log-probabilities within
+    1e-5."""
+    model = peaky_model(3, arch, loops)
+    prompts = prompts_of_several_lengths()
+    alone = [decode.dfs(model, p, 1e-3, max_candidates=6, max_tokens=5) for p in prompts]
+    monkeypatch.setattr(decode, "DFS_ROOM", room)
+    compactions = []
+    monkeypatch.setattr(decode._Decoder, "_compact", spy(decode._Decoder._compact, compactions))
+    done = []
+    batched = decode.dfs_batch(model, prompts, 1e-3, max_candidates=6, max_tokens=5, on_done=done.append)
+    assert sorted(done) == list(range(len(prompts)))
+    assert all(found for found in alone) and {len(found) for found in alone} > {6}  # some stopped at the cap
+    assert len({tuple(c.tokens for c in found) for found in alone}) > 2  # the prompts' searches differ
+    assert len({len(c.tokens) for found in alone for c in found}) > 1  # grids of several lengths
+    for b, a in zip(batched, alone, strict=True):
+        assert [c.tokens for c in b] == [c.tokens for c in a]
+        assert [c.logprob for c in b] == pytest.approx([c.logprob for c in a], abs=1e-5)
+        assert_same_candidates(b, a)
+    assert (len(compactions) > 1) == (room == 1)
+
+
+def spy(method, calls: list):
+    def wrapped(self, *args):
+        calls.append(args)
+        return method(self, *args)
+
+    return wrapped
+
+
+def test_a_search_past_its_deadline_feeds_no_more_tokens_and_keeps_what_it_found(forward_clock):
+    model = peaky_model(3)
+    prompts = prompts_of_several_lengths()
+    unbounded = decode.dfs_batch(model, prompts, 1e-3, max_candidates=100, max_tokens=5)
+    clock = forward_clock(model, decode)
+    steps = 6
+    bounded = decode.dfs_batch(model, prompts, 1e-3, max_candidates=100, max_tokens=5, deadline=clock.passes + steps)
+    assert clock.passes <= steps + 1  # the prompts' pass, then steps feeds
+    assert 0 < sum(map(len, bounded)) < sum(map(len, unbounded))
+    for b, u in zip(bounded, unbounded, strict=True):
+        assert {c.tokens for c in b} <= {c.tokens for c in u}
+    assert decode.dfs_batch(model, prompts, 1e-3, deadline=clock.passes) == [[] for _ in prompts]
+    assert decode.greedy_batch(model, prompts, deadline=clock.passes) == [[] for _ in prompts]
+    assert decode.teacher_forced(model, [encode(((5, 4),))], deadline=clock.passes) is None
+    assert decode.teacher_forced(model, [encode(((5, 4),))], deadline=clock.passes + 1) is not None
+
+
 def test_dfs_stops_at_max_candidates_and_rejects_a_bad_floor():
     model = peaky_model(1)
     prompt = encode()
