@@ -179,7 +179,7 @@ class TrainConfig(BaseModel):
 
 
 class SolveConfig(BaseModel):
-    """How one task is solved (DESIGN §7): test-time training on its demos, augmented views, decoding, voting.
+    """How one task is solved (DESIGN §7): test-time training on its demos, augmented views, decoding, ranking.
 
     Defaults fit the `base` preset in about 50 s per task on 2 CPU cores, under 120 s at worst (bench/solve.py).
     """
@@ -201,10 +201,12 @@ class SolveConfig(BaseModel):
     grad_clip: float = Field(default=1.0, gt=0)  # test-time training: max global gradient norm
     precision: Precision = "auto"  # test-time training: bf16 autocast where fast (decoding is fp32: faster one token
     # at a time, see bench/model.py)
-    views: int = Field(default=6, ge=1)  # augmented views decoded and voted over (view 0 is the task as given)
+    views: int = Field(default=6, ge=1)  # augmented views decoded and ranked over (view 0 is the task as given)
     sampler: Literal["greedy", "dfs"] = "greedy"  # one grid per view, or every grid above min_prob
     min_prob: float = Field(default=0.1, gt=0, le=1)  # dfs: a candidate's probability floor
     max_candidates: int = Field(default=4, gt=0)  # dfs: at most this many grids per view
+    search_seconds: float | None = Field(default=60.0, gt=0)  # wall-clock budget of decoding and PoE scoring after
+    # test-time training (None: unbounded); with ~60 s of test-time training a task stays near 120 s on one thread
     ranking: Ranking = "poe"  # the candidates' order: by their product-of-experts score, the log-probability summed
     # over every view (solve.py), or by votes, then log-probability over the views that produced them; a copy of the
     # test input last either way (bench/rerank.py on one arc1-dev run: poe pass@2 0.250, votes 0.200, oracle 0.250)

@@ -7,9 +7,8 @@
 2. `views` augmented copies of the task are decoded in fp32 (view 0 is the task as given, the others random
    whole-task augmentations; one token at a time bf16 autocast is slower, bench/model.py), each test input as a
    prompt under the view's code; the context must hold each prompt and an output as large as the largest grid in
-   the task (`check_fits`). The greedy sampler decodes every view's prompts together (`decode.greedy_batch`, up to
-   BATCH_ROWS at a time: several times the tokens/s of one by one on a CPU, bench/solve.py); dfs searches one
-   prompt at a time.
+   the task (`check_fits`). Both samplers decode every view's prompts together (`decode.greedy_batch`,
+   `decode.dfs_batch`, up to BATCH_ROWS at a time: several times the tokens/s of one by one on a CPU, bench/solve.py).
 3. Every candidate grid is mapped back through its view's inverse, and each distinct grid is scored as a product of
    experts (the ARChitects' "Product of Experts"): its teacher-forced log-probability in every view (the test input
    and the grid mapped into the view, under the view's code), summed over the views; a log-probability counts the
@@ -29,8 +28,12 @@ A model with codes per augmented copy (`ModelConfig.copies`) solves the task as 
 copies (`train.copies_of`, the identity first) with its own code, test-time training fits each view's demos in that
 view under its code, and each view decodes under its code; so no code is shown its rule under two colour maps.
 
+Decoding and scoring share a wall-clock budget, `cfg.search_seconds` after test-time training: past it no more tokens
+are decoded (a search keeps the grids it found, a greedy view still writing gives none) and a test input whose
+scoring is not finished is ranked by votes (every candidate unscored).
+
 Everything random comes from `cfg.seed`: the same model, task and config give the same solution (with a step
-budget; a wall-clock budget stops wherever the time runs out).
+budget and a search that ends inside its budget; a wall-clock budget stops wherever the time runs out).
 """
 
 import copy
@@ -234,7 +237,7 @@ def fine_tune(
 
 def choose_views(task: Task, n: int, seed: int, augment: AugmentConfig) -> list[Augmentation]:
     """View 0 is the task as given; the others are random whole-task augmentations drawn as `augment` says, as
-    test-time training draws them (seeded)."""
+    test-time training draws them (seeded). Fewer views are the first of more."""
     rng = np.random.default_rng([seed, 1 << 20])
     inputs, n_train = input_colours(task), len(task.train)
     return [Augmentation.identity(n_train)] + [augment.draw(rng, n_train, inputs) for _ in range(n - 1)]
@@ -242,7 +245,8 @@ def choose_views(task: Task, n: int, seed: int, augment: AugmentConfig) -> list[
 
 def views_of(model: ModelConfig, task: Task, cfg: SolveConfig) -> list[Augmentation]:
     """The views a task is solved in: `choose_views`, or, in a model with codes per copy, the task's first
-    `cfg.views` copies (`copies_of`: those it trained with, when it trained on the task's demos)."""
+    `cfg.views` copies (`copies_of`: those it trained with, when it trained on the task's demos). Either way fewer
+    views are the first of more; test-time training depends on them only with codes per copy (`_ttt_pool`)."""
     if model.copies:
         return copies_of(task, cfg.views, cfg.augment)
     return choose_views(task, cfg.views, cfg.seed, cfg.augment)
@@ -316,25 +320,39 @@ def answer_sequence(model: TinyONN, task: Task, test_index: int, output: Grid, c
 
 
 def poe_scores(
-    model: TinyONN, task: Task, views: list[Augmentation], test_index: int, grids: list[Grid]
-) -> list[float | None]:  # fmt: skip
+    model: TinyONN,
+    task: Task,
+    views: list[Augmentation],
+    test_index: int,
+    grids: list[Grid],
+    deadline: float | None = None,
+) -> list[float | None]:
     """Each of `grids` (candidates for test input `test_index`, in the task's orientation) scored as a product of
     experts: its log-probability (`decode.teacher_forced`) in each of `views` (the task and the grid mapped into it,
     under the view's code), summed over the views; None for a grid whose sequence does not fit the context in some
-    view. The task's test outputs are never read."""
+    view, and for every grid when `deadline` (a `time.perf_counter()` value) passes before all are scored. The task's
+    test outputs are never read."""
     seen = [(view, view.apply(task), code_of(model, task, view)) for view in views]  # (view, task in it, its code)
     seqs = [answer_sequence(model, t, test_index, v.apply_grid(grid), code) for grid in grids for v, t, code in seen]
-    each = iter(decode.teacher_forced(model, seqs))
+    scores = decode.teacher_forced(model, seqs, deadline=deadline)
+    if scores is None:
+        return [None] * len(grids)
+    each = iter(scores)
     per_grid = [[next(each) for _ in views] for _ in grids]
     return [None if None in logprobs else sum(logprobs) for logprobs in per_grid]
 
 
 def decode_views(
-    model: TinyONN, seen: list[tuple[Task, int]], cfg: SolveConfig, on_progress: Progress | None = None
-) -> list[list[list[decode.Candidate]]]:  # fmt: skip
+    model: TinyONN,
+    seen: list[tuple[Task, int]],
+    cfg: SolveConfig,
+    on_progress: Progress | None = None,
+    deadline: float | None = None,
+) -> list[list[list[decode.Candidate]]]:
     """Candidates [view][test] for every test input of each view's (possibly augmented) task under its code (`seen`:
-    (task, code) per view), in that task's orientation: greedy decodes the prompts in batches of BATCH_ROWS, dfs one
-    by one. `on_progress("decode", done, total)` counts the prompts decoded."""
+    (task, code) per view), in that task's orientation, decoded by `cfg.sampler` in batches of BATCH_ROWS prompts
+    until `deadline` (a `time.perf_counter()` value; None: no bound). `on_progress("decode", done, total)` counts the
+    prompts decoded."""
     prompts = [decode_prompt(model, task, i, code) for task, code in seen for i in range(len(task.test))]
     decoded = itertools.count(1)
 
@@ -344,13 +362,12 @@ def decode_views(
             on_progress("decode", done, len(prompts))
 
     found: list[list[decode.Candidate]] = []
-    if cfg.sampler == "dfs":
-        for i, seq in enumerate(prompts):
-            found.append(decode.dfs(model, seq, cfg.min_prob, cfg.max_candidates))
-            tick(i)
-    else:
-        for start in range(0, len(prompts), BATCH_ROWS):
-            found += decode.greedy_batch(model, prompts[start : start + BATCH_ROWS], on_done=tick)
+    for start in range(0, len(prompts), BATCH_ROWS):
+        batch = prompts[start : start + BATCH_ROWS]
+        if cfg.sampler == "dfs":
+            found += decode.dfs_batch(model, batch, cfg.min_prob, cfg.max_candidates, on_done=tick, deadline=deadline)
+        else:
+            found += decode.greedy_batch(model, batch, on_done=tick, deadline=deadline)
     each = iter(found)
     return [[next(each) for _ in task.test] for task, _ in seen]
 
@@ -363,19 +380,21 @@ def solve_task(
     on_tuned: Callable[[TinyONN], None] | None = None,
 ) -> Solution:
     """Test-time training on a copy of `model`, then decoding in `cfg.views` views, scoring every candidate in every
-    view, and ranking (`cfg.ranking`). The task's test outputs, if any, are never used here; `on_tuned` gets the model
-    after test-time training, before decoding (evaluate.py scores the true outputs' loss with it). TaskError when a
-    test input cannot fit the context."""
+    view (those two within `cfg.search_seconds`), and ranking (`cfg.ranking`). The task's test outputs, if any, are
+    never used here; `on_tuned` gets the model after test-time training, before decoding (evaluate.py scores the true
+    outputs' loss with it). TaskError when a test input cannot fit the context."""
     check_fits(task, model.cfg.max_len)
     views = views_of(model.cfg, task, cfg)
     model = with_task_code(model, task, cfg.task_code_init, views)
     tuned, steps, seconds, loss = fine_tune(model, task, cfg, on_progress, views)
     if on_tuned is not None:
         on_tuned(tuned)
+    deadline = None if cfg.search_seconds is None else time.perf_counter() + cfg.search_seconds
     seen = [(view.apply(task), code_of(tuned, task, view)) for view in views]
-    found = decode_views(tuned, seen, cfg, on_progress)  # [view][test] -> candidates
+    found = decode_views(tuned, seen, cfg, on_progress, deadline)  # [view][test] -> candidates
     tests = tuple(
-        vote(views, [f[i] for f in found], pair.input, partial(poe_scores, tuned, task, views, i), cfg.ranking)
+        vote(views, [f[i] for f in found], pair.input, partial(poe_scores, tuned, task, views, i, deadline=deadline),
+             cfg.ranking)  # fmt: skip
         for i, pair in enumerate(task.test)
     )
     return Solution(task.id, tests, tuple(views), steps, seconds, loss)

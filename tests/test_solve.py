@@ -11,6 +11,7 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
+import onn_arc.cli.eval  # noqa: F401  (registers the command)
 import onn_arc.cli.solve  # noqa: F401  (registers the command)
 from onn_arc import decode, solve
 from onn_arc.checkpoint import TrainingData, save_checkpoint
@@ -49,7 +50,7 @@ def candidate(grid, logprob: float, confidence: np.ndarray | None = None) -> Can
 def per_prompt(decode_one: Callable[[Task, int, int], list[Candidate]]):
     """A `solve.decode_views` stub that answers each (view's task, test index, code) with `decode_one`, in order."""
 
-    def stub(model, seen: list[tuple[Task, int]], cfg: SolveConfig, on_progress=None) -> list[list[list[Candidate]]]:
+    def stub(model, seen: list[tuple[Task, int]], cfg: SolveConfig, on_progress=None, deadline=None):
         return [[decode_one(task, i, code) for i in range(len(task.test))] for task, code in seen]
 
     return stub
@@ -162,6 +163,28 @@ def test_solve_task_with_dfs_returns_distinct_ranked_candidates():
     keys = [(c.grid == task.test[0].input, -c.votes, -c.logprob) for c in answer.candidates]
     assert keys == sorted(keys) and len({c.grid for c in answer.candidates}) == len(answer.candidates)
     assert answer.attempts == solve.two_attempts([c.grid for c in answer.candidates], task.test[0].input)
+
+
+@pytest.mark.parametrize("copies", [0, 4])
+def test_fewer_views_are_the_first_of_more(copies):
+    """The views of a solve are a prefix of any longer list of them (bench/search.py shares one decode of 32 views
+    among 6, 16 and 32)."""
+    model = tiny_model(copies=copies)
+    task = load_task_file(DATA / "6150a2bd.json")
+    many = solve.views_of(model.cfg, task, SolveConfig(views=32))
+    assert len(set(map(str, many))) > 16
+    for n in (1, 6, 16):
+        assert solve.views_of(model.cfg, task, SolveConfig(views=n)) == many[:n]
+
+
+def test_test_time_training_with_one_code_per_task_does_not_depend_on_the_views():
+    task = load_task_file(DATA / "6150a2bd.json")
+    model = tiny_model(task_ids=(task.id,))
+    views = solve.views_of(model.cfg, task, SolveConfig(views=16))
+    few, _, _, loss = solve.fine_tune(model, task, FAST, views=views[:2])
+    many, _, _, loss2 = solve.fine_tune(model, task, FAST, views=views)
+    assert loss == loss2
+    assert all(torch.equal(a, b) for a, b in zip(few.state_dict().values(), many.state_dict().values()))
 
 
 def test_fine_tune_uses_demos_only_and_can_be_switched_off():
@@ -292,8 +315,8 @@ def test_decoding_under_a_views_code_conditions_on_that_code():
 
 @pytest.mark.parametrize("sampler", ["greedy", "dfs"])
 def test_decode_views_decodes_every_views_tests_and_counts_them(sampler, monkeypatch):
-    """Two tests in three views under three codes: greedy decodes them in batches (of 4 here: 4 + 2 prompts), dfs one
-    by one; either way [view][test] holds what decoding that prompt alone gives, and progress counts every prompt."""
+    """Two tests in three views under three codes, decoded in batches (of 4 here: 4 + 2 prompts): [view][test] holds
+    what decoding that prompt alone gives, and progress counts every prompt."""
     monkeypatch.setattr(solve, "BATCH_ROWS", 4)
     task = load_task_file(DATA / "25ff71a9.json")
     model, views = coded_model(copies=3), copies_of(task, 3, AugmentConfig())
@@ -309,6 +332,33 @@ def test_decode_views_decodes_every_views_tests_and_counts_them(sampler, monkeyp
             alone = decode.dfs(model, seq, 0.05, cfg.max_candidates) if sampler == "dfs" else decode.greedy(model, seq)
             assert [c.tokens for c in candidates] == [c.tokens for c in alone]
             assert [c.logprob for c in candidates] == pytest.approx([c.logprob for c in alone], abs=1e-4)
+
+
+def test_the_search_budget_bounds_decoding_and_scoring_and_keeps_what_was_found(forward_clock):
+    """The clock counts forward passes, so `search_seconds` is a budget of passes. The unbounded search takes P passes
+    (decoding, then scoring); with P - 1 it decodes everything but cannot finish scoring, so the candidates are ranked
+    by votes; with P / 2 the search is cut short and keeps the grids it found, some of what the full search finds."""
+    task = load_task_file(DATA / "6150a2bd.json")
+    model = tiny_model()
+    with torch.no_grad():
+        model.head.weight.mul_(3)
+    cfg = FAST.model_copy(update={"ttt_steps": 0, "views": 3, "sampler": "dfs", "min_prob": 1e-3})
+    cfg = cfg.model_copy(update={"search_seconds": None})
+    model = solve.with_task_code(model, task, cfg.task_code_init)  # as solve_task makes it, so the clock sees it
+    clock = forward_clock(model, decode, solve)
+    (full,) = solve.solve_task(model, task, cfg).tests
+    passes = clock.passes
+    assert len(full.candidates) > 2 and all(c.poe is not None for c in full.candidates)
+    for budget in (passes - 1, passes // 2):
+        clock.passes = 0
+        (cut,) = solve.solve_task(model, task, cfg.model_copy(update={"search_seconds": budget})).tests
+        assert clock.passes <= budget  # none starts past the budget
+        assert all(c.poe is None for c in cut.candidates)  # not scored in time: ranked by votes
+        given = task.test[0].input
+        keys = [solve.rank_key("votes", given)(c) for c in cut.candidates]
+        assert keys == sorted(keys) and cut.attempts == solve.two_attempts([c.grid for c in cut.candidates], given)
+        found, every = {c.grid for c in cut.candidates}, {c.grid for c in full.candidates}
+        assert found == every if budget == passes - 1 else 0 < len(found) < len(every)
 
 
 # ---------------------------------------------------------------- candidates scored in every view (product of experts)
@@ -505,9 +555,16 @@ def test_cli_solve_draws_the_task_attempts_and_explanation(checkpoint):
     assert "confidence" in text and "activation rate" in text
 
 
+@pytest.mark.parametrize("command", ["solve", "eval"])
+def test_cli_help_says_attempts_are_ranked_by_poe_within_a_search_budget(command):
+    result = CliRunner().invoke(app, [command, "--help"], env={"COLUMNS": "240"})
+    assert result.exit_code == 0 and "ranked by PoE" in result.stdout and "voted over" not in result.stdout
+    assert "--search-seconds" in result.stdout and "[default: poe]" in result.stdout
+
+
 def test_cli_solve_fine_tunes_with_muon(checkpoint):
     result = run_cli(str(DATA / "6150a2bd.json"), "-c", str(checkpoint), "--ttt-steps", "1", "--ttt-optimizer", "muon",
-                     "--views", "1")  # fmt: skip
+                     "--views", "1", "--search-seconds", "30")  # fmt: skip
     assert result.exit_code == 0, result.output
     assert "test-time training: 1 steps" in result.stdout
 

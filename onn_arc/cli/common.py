@@ -41,16 +41,25 @@ TttSecondsOpt = Annotated[
     float | None, typer.Option(help="Wall-clock bound on test-time training, in seconds.", show_default=False)
 ]
 TttOptimizerOpt = Annotated[OptimizerName, typer.Option(help="Test-time training optimizer.")]
-ViewsOpt = Annotated[int, typer.Option(min=1, help="Augmented views decoded and voted over (view 1 is the task as given).")]
+ViewsOpt = Annotated[
+    int, typer.Option(min=1, help="Augmented views decoded and ranked over (view 1 is the task as given).")
+]
 SamplerOpt = Annotated[
     Literal["greedy", "dfs"], typer.Option(help="greedy: one grid per view; dfs: every grid above --min-prob.")
 ]
 MinProbOpt = Annotated[float, typer.Option(help="dfs: a candidate grid's probability floor.")]
+SearchSecondsOpt = Annotated[
+    float | None,
+    typer.Option(
+        help="Wall-clock budget of decoding and scoring after test-time training, in seconds (grids found in time are "
+        "kept).",
+    ),
+]
 RankingOpt = Annotated[
     Ranking,
     typer.Option(
-        help="Rank the candidate grids by votes (views that produced them), or by their log-probability summed over "
-        "every view (poe: a product of experts); a copy of the test input last either way."
+        help="Rank the candidate grids by their log-probability summed over every view (poe: a product of experts), "
+        "or by votes (the views that produced them); a copy of the test input last either way."
     ),
 ]
 TttParamsOpt = Annotated[
@@ -94,11 +103,12 @@ def solve_config(
     dihedral: bool = DEFAULT.augment.dihedral,
     keep_background: bool = DEFAULT.augment.keep_background,
     ranking: str = DEFAULT.ranking,
+    search_seconds: float | None = DEFAULT.search_seconds,
 ) -> SolveConfig:
     """The SolveConfig the shared options describe (everything else at its default)."""
     fields = dict(
         ttt_steps=ttt_steps, ttt_seconds=ttt_seconds, views=views, sampler=sampler, min_prob=min_prob, precision=precision,
-        ttt_params=ttt_params, task_code_init=task_code_init, ranking=ranking,
+        ttt_params=ttt_params, task_code_init=task_code_init, ranking=ranking, search_seconds=search_seconds,
     )  # fmt: skip
     optimizer = DEFAULT.optimizer.model_dump() | {"name": ttt_optimizer}
     augment = DEFAULT.augment.model_dump() | {"dihedral": dihedral, "keep_background": keep_background}

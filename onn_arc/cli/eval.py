@@ -27,6 +27,7 @@ from onn_arc.cli.common import (
     PrecisionOpt,
     RankingOpt,
     SamplerOpt,
+    SearchSecondsOpt,
     SeedOpt,
     ThreadsOpt,
     TttOptimizerOpt,
@@ -148,6 +149,7 @@ def eval_command(
     sampler: SamplerOpt = DEFAULT.sampler,
     min_prob: MinProbOpt = DEFAULT.min_prob,
     ranking: RankingOpt = DEFAULT.ranking,
+    search_seconds: SearchSecondsOpt = DEFAULT.search_seconds,
     seed: SeedOpt = DEFAULT.seed,
     precision: PrecisionOpt = DEFAULT.precision,
     workers: WorkersOpt = 1,
@@ -158,12 +160,15 @@ def eval_command(
     device: DeviceOpt = "auto",
 ) -> None:
     """Evaluate a checkpoint: solve every task, score pass@2 with the official rules, write submission.json and
-    report.json. Interrupted runs resume where they stopped (same --out, same options)."""
+    report.json. Interrupted runs resume where they stopped (same --out, same options).
+
+    Each task is solved as `onn-arc solve` solves it: two attempts ranked by PoE (the candidates' log-probability
+    summed over every view) by default, or by votes with --ranking votes."""
     if threads:
         torch.set_num_threads(threads)
     cfg = solve_config(
         ttt_steps, ttt_seconds, ttt_optimizer, views, sampler, min_prob, seed, precision, ttt_params, task_code_init,
-        colours, dihedral, keep_background, ranking,
+        colours, dihedral, keep_background, ranking, search_seconds,
     )  # fmt: skip
     chosen = select(data.load_source(split), tasks, limit, split)
     folder = checkpoint or default_checkpoint()

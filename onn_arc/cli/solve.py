@@ -32,6 +32,7 @@ from onn_arc.cli.common import (
     RankingOpt,
     OutFileOpt,
     SamplerOpt,
+    SearchSecondsOpt,
     SeedOpt,
     ThreadsOpt,
     TttOptimizerOpt,
@@ -223,6 +224,7 @@ def solve(
     sampler: SamplerOpt = DEFAULT.sampler,
     min_prob: MinProbOpt = DEFAULT.min_prob,
     ranking: RankingOpt = DEFAULT.ranking,
+    search_seconds: SearchSecondsOpt = DEFAULT.search_seconds,
     seed: SeedOpt = DEFAULT.seed,
     precision: PrecisionOpt = DEFAULT.precision,
     as_json: JsonOpt = False,
@@ -231,7 +233,10 @@ def solve(
     threads: ThreadsOpt = 0,
     device: DeviceOpt = "auto",
 ) -> None:
-    """Solve a task: test-time training on its demos, decoding in several views, two attempts by vote.
+    """Solve a task: test-time training on its demos, decoding in several views, two attempts ranked by PoE.
+
+    By default the candidate grids are ranked by their log-probability summed over every view (a product of experts,
+    PoE); --ranking votes ranks them by the views that produced them.
 
     When the task has its test outputs, each attempt is marked ✓/✗ with its wrong cells. Given several tasks, solve
     each in turn and print a line per task; --out writes the Kaggle submission of them all.
@@ -240,7 +245,7 @@ def solve(
         torch.set_num_threads(threads)
     cfg = solve_config(
         ttt_steps, ttt_seconds, ttt_optimizer, views, sampler, min_prob, seed, precision, ttt_params, task_code_init,
-        colours, dihedral, keep_background, ranking,
+        colours, dihedral, keep_background, ranking, search_seconds,
     )  # fmt: skip
     tasks = load_tasks(task)
     if explain and len(tasks) > 1:
