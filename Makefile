@@ -4,7 +4,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed-stamp
 ONNARC := $(VENV)/bin/onn-arc
 
-.PHONY: install test test-all run ship bench-model bench-optim bench-fit bench-solve bench-sparsity ablations bench-colours bench-recipes curve train-stage clean
+.PHONY: install test test-all run ship bench-model bench-optim bench-fit bench-solve bench-sparsity ablations bench-colours bench-search bench-recipes curve train-stage clean
 
 $(PY):
 	python3 -m venv $(VENV)
@@ -67,6 +67,11 @@ ablations: $(STAMP)
 # Solve-time colour augmentations (all colours, input colours only, ...) on the 80 dev tasks, split by new colour (~20 min an arm; resumable).
 bench-colours: $(STAMP)
 	$(PY) bench/colours.py
+
+# Search at test time: views {6, 16, 32} x sampler {greedy, dfs} x ranking {votes, poe} on the 80 dev tasks, one
+# test-time training and one decode per task shared by the arms (hours; resumable).
+bench-search: $(STAMP)
+	$(PY) bench/search.py
 
 # Training recipes at equal CPU (one code per task vs codes per augmented copy), 2 h each from scratch, scored on the 80 dev tasks (hours; resumable).
 bench-recipes: $(STAMP)

@@ -1,11 +1,12 @@
 """Smoke tests of bench/optim.py, bench/fit.py and bench/sparsity.py: their --quick modes run and end with a
-complete RESULT line."""
+complete RESULT line; bench/search.py on a tiny checkpoint and with a stub decoder."""
 
 import math
 import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 BENCH = Path(__file__).resolve().parent.parent / "bench"
@@ -105,3 +106,98 @@ def test_recipes_smoke_trains_scores_and_reports_each_arm(tmp_path):
     assert [r["arm"] for r in lines] == ["base", "copies-8"]
     assert all(0 <= float(r["pass_at_2"]) <= 1 and int(r["steps"]) == 4 for r in lines)  # --steps: equal compute
     assert "onn-arc train" in proc.stdout and "--copies 8" in proc.stdout  # every command is printed
+
+
+# ---------------------------------------------------------------- bench/search.py
+
+
+def results(stdout: str) -> dict[str, dict[str, str]]:
+    """Each `RESULT arm=NAME k=v ...` line of `stdout`, by arm."""
+    lines = [line.split()[1:] for line in stdout.splitlines() if line.startswith("RESULT ")]
+    return {r["arm"]: r for r in (dict(pair.split("=", 1) for pair in line) for line in lines)}
+
+
+@pytest.fixture(scope="module")
+def tiny_checkpoint(tmp_path_factory) -> Path:
+    """A random tiny model (peaky, so grids end within its context) that saw no task's test outputs."""
+    import torch
+
+    from onn_arc.checkpoint import TrainingData, save_checkpoint
+    from onn_arc.config import ModelConfig
+    from onn_arc.model import TinyONN
+
+    torch.manual_seed(0)
+    model = TinyONN(ModelConfig.preset("tiny")).eval()
+    with torch.no_grad():
+        model.head.weight.mul_(3)
+    data = TrainingData(sources=["s"], test_outputs_from=["s"], demos_only=[], task_ids_with_test_outputs=[], n_tasks=1)
+    return save_checkpoint(tmp_path_factory.mktemp("ckpt") / "tiny", model, data, step=0, metrics={})
+
+
+def test_search_bench_reports_every_arm_and_resumes(tiny_checkpoint, tmp_path):
+    tasks = tmp_path / "tasks"
+    tasks.mkdir()
+    for name in ("6150a2bd", "25ff71a9"):  # one test input, two
+        (tasks / f"{name}.json").write_text((BENCH.parent / "data" / f"{name}.json").read_text())
+    args = [sys.executable, str(BENCH / "search.py"), "--root", str(tmp_path / "run"), "--checkpoint",
+            str(tiny_checkpoint), "--split", str(tasks), "--workers", "1", "--ttt-steps", "1"]  # fmt: skip
+    proc = subprocess.run(args, capture_output=True, text=True, timeout=300, check=False)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    found = results(proc.stdout)
+    arms = [f"{s}-{v}-{r}" for s in ("greedy", "dfs") for v in (6, 16, 32) for r in ("votes", "poe")]
+    assert list(found) == arms + ["copy"]
+    assert all(f"\n{arm} " in proc.stdout for arm in arms)  # a table row each
+    for r in found.values():
+        assert r["tasks"] == "2" and int(r["solved"]) <= 2
+        for key in ("coverage", "pass_at_2", "pass_at_1"):
+            assert 0 <= float(r[key]) <= 1
+        assert float(r["coverage"]) >= float(r["pass_at_2"]) >= float(r["pass_at_1"])
+        assert r["arm"] == "copy" or 0 < float(r["sec_median"]) <= float(r["sec_max"])
+    assert len((tmp_path / "run" / "results.jsonl").read_text().splitlines()) == 2
+    again = subprocess.run(args, capture_output=True, text=True, timeout=300, check=False)
+    assert again.returncode == 0 and "2 of 2 tasks done before; searching 0" in again.stdout
+    assert {a: {k: v for k, v in r.items() if not k.startswith("sec")} for a, r in results(again.stdout).items()} == {
+        a: {k: v for k, v in r.items() if not k.startswith("sec")} for a, r in found.items()
+    }
+
+
+def test_search_bench_counts_the_truth_among_the_first_views_candidates(monkeypatch, capsys):
+    """A stub decoder: greedy finds the truth only in views 6..15, dfs in view 0 alone, each beside a wrong grid found
+    in every view. So greedy covers the test input from 16 views on, and dfs from 6; votes then rank the wrong
+    grid first."""
+    sys.path.insert(0, str(BENCH))
+    import search  # bench/search.py
+
+    from onn_arc import solve
+    from onn_arc.config import ModelConfig, SolveConfig
+    from onn_arc.data import load_task_file
+    from onn_arc.decode import Candidate
+    from onn_arc.model import TinyONN
+
+    def candidate(grid, logprob):
+        return Candidate(tokens=(), grid=grid, logprob=logprob, confidence=np.ones(np.shape(grid)),
+                         activation=np.ones(np.shape(grid)))  # fmt: skip
+
+    def stub(model, seen, cfg, on_progress=None, deadline=None):
+        first = stub.views[cfg.sampler]
+        stub.views[cfg.sampler] += len(seen)
+        found = []
+        for v, (task, _) in enumerate(seen, start=first):
+            truth = task.test[0].output
+            wrong = candidate(tuple((0,) * len(row) for row in truth), -0.5)  # all background: the same in every view
+            right = [candidate(truth, -1.0)] if (6 <= v < 16 if cfg.sampler == "greedy" else v == 0) else []
+            found.append([[wrong, *right]])
+        return found
+
+    stub.views = {"greedy": 0, "dfs": 0}
+    monkeypatch.setattr(solve, "decode_views", stub)
+    task = load_task_file(BENCH.parent / "data" / "6150a2bd.json")
+    record = search.search_task(TinyONN(ModelConfig.preset("tiny")).eval(), task, SolveConfig(ttt_steps=0))
+    assert [len(chunks) for chunks in record["decode_seconds"].values()] == [3, 3]
+    search.report([task], {task.id: record})
+    found = results(capsys.readouterr().out)
+    expected = {"greedy": {6: 0.0, 16: 1.0, 32: 1.0}, "dfs": {6: 1.0, 16: 1.0, 32: 1.0}}
+    for name, views, sampler, ranking in search.ARMS:
+        assert float(found[name]["coverage"]) == expected[sampler][views]
+        if ranking == "votes" and float(found[name]["coverage"]):  # the wrong grid has every view's vote
+            assert (found[name]["pass_at_1"], found[name]["pass_at_2"]) == ("0.0000", "1.0000")
