@@ -28,9 +28,10 @@ A model with codes per augmented copy (`ModelConfig.copies`) solves the task as 
 copies (`train.copies_of`, the identity first) with its own code, test-time training fits each view's demos in that
 view under its code, and each view decodes under its code; so no code is shown its rule under two colour maps.
 
-Decoding and scoring share a wall-clock budget, `cfg.search_seconds` after test-time training: past it no more tokens
-are decoded (a search keeps the grids it found, a greedy view still writing gives none) and a test input whose
-scoring is not finished is ranked by votes (every candidate unscored).
+Decoding and scoring may share a wall-clock budget, `cfg.search_seconds` after test-time training (none by default:
+it trades reproducibility for a time bound): past it no more tokens are decoded (a search keeps the grids it found, a
+greedy view still writing gives none) and a test input whose scoring is not finished is ranked by votes (every
+candidate unscored).
 
 Everything random comes from `cfg.seed`: the same model, task and config give the same solution (with a step
 budget and a search that ends inside its budget; a wall-clock budget stops wherever the time runs out).

@@ -52,7 +52,7 @@ SearchSecondsOpt = Annotated[
     float | None,
     typer.Option(
         help="Wall-clock budget of decoding and scoring after test-time training, in seconds (grids found in time are "
-        "kept).",
+        "kept; unscored ones ranked by votes). Default: none, so the result never depends on the machine's load.",
     ),
 ]
 RankingOpt = Annotated[
