@@ -32,8 +32,8 @@ Read bottom-up: SBL -> Linear -> Attention (DynSIHA) -> FFN (MoIE) -> Block -> T
   every token of the sequence, looked up by the sequence's task index. `add_task_code` grows the table for a task
   the model never saw (test-time training learns its code).
 - arch="dense" is the baseline: every SBL becomes a plain Linear, everything else stays.
-- KVCache is preallocated per loop and layer; crop(n) backtracks, keep(rows) drops finished sequences of a batch,
-  gather(index) rearranges each row's tokens (a search compacting the branches it keeps).
+- KVCache is preallocated per loop and layer; keep(rows) drops finished sequences of a batch, gather(index)
+  rearranges each row's tokens (a search compacting the branches it keeps, or backtracking to a prefix).
   Cached decoding computes exactly what the full forward computes (same positions, same maths), one token at a time
   or in chunks.
 - Positions are never implied by where a token sits, so a batch of sequences of different lengths can be left-padded:
@@ -175,12 +175,6 @@ class KVCache:
     def advance(self, n: int) -> None:
         """Count n new tokens as cached (after every slot stored them)."""
         self.length += n
-
-    def crop(self, n: int) -> None:
-        """Forget everything after the first n tokens."""
-        if not 0 <= n <= self.length:
-            raise ValueError(f"crop({n}): the cache holds {self.length} tokens")
-        self.length = n
 
 
 def _freqs(n: int, base: float) -> Tensor:

@@ -174,7 +174,7 @@ def exhaustive_logprobs(model: TinyONN, sequences: list[list[int]]) -> list[floa
 
 
 @pytest.mark.parametrize("seed,min_prob", [(3, 1e-3), (3, 1e-4)])
-def test_dfs_with_cache_cropping_equals_exhaustive_enumeration(seed, min_prob):
+def test_dfs_with_backtracking_equals_exhaustive_enumeration(seed, min_prob):
     model = peaky_model(seed)
     max_tokens = 5  # grids 1×1, 1×2, 1×3 and 2×1: 1210 sequences
     sequences = all_grid_sequences(max_tokens)

@@ -124,7 +124,7 @@ def forward(model: TinyONN, b) -> torch.Tensor:
     "arch,n_heads,loops", [("onn", 1, 1), ("dense", 1, 1), ("onn", 2, 1), ("onn", 1, 2), ("dense", 2, 3)]
 )
 def test_cached_decoding_matches_full_forward(arch, n_heads, loops):
-    """Two pairs (right-padded) under two task codes: one token at a time, in chunks, and after cropping the cache."""
+    """Two pairs (right-padded) under two task codes: one token at a time, in chunks, and after cutting the cache back."""
     model = TinyONN(tiny(arch=arch, n_heads=n_heads, loops=loops)).eval()
     b = pair_batch()
     n = b.tokens.shape[1]
@@ -141,7 +141,7 @@ def test_cached_decoding_matches_full_forward(arch, n_heads, loops):
         chunks = torch.cat([feed(model, b, cache, x, y) for x, y in zip(bounds, bounds[1:])], dim=1)
         torch.testing.assert_close(chunks, full, rtol=0, atol=1e-5)
 
-        cache.crop(70)  # backtrack, then feed the rest again
+        cache.gather(torch.arange(70).expand(2, -1))  # backtrack (keep each row's first 70), then feed the rest again
         assert cache.length == 70
         refed = torch.cat([feed(model, b, cache, 70, 71), feed(model, b, cache, 71, n)], dim=1)
         torch.testing.assert_close(refed, full[:, 70:], rtol=0, atol=1e-5)
@@ -215,14 +215,12 @@ def test_add_task_code_grows_the_table_and_the_config(init):
     assert codeless.add_task_code("x", init) == 0 and torch.equal(codeless.task_codes.weight, torch.zeros(1, 16))
 
 
-def test_cache_crop_and_capacity_are_checked():
+def test_cache_capacity_is_checked():
     model = TinyONN(tiny(max_len=16)).eval()
     b = collate([encode_pair(find_task("6150a2bd").train[0])])  # 28 tokens
     cache = model.new_cache()
     with torch.no_grad():
         feed(model, b, cache, 0, 10)
-        with pytest.raises(ValueError, match="crop"):
-            cache.crop(11)
         with pytest.raises(ValueError, match="max_len=16"):
             feed(model, b, cache, 10, 17)
         with pytest.raises(ValueError, match="max_len=16"):
