@@ -30,11 +30,10 @@ decoding 32 views 14 s greedy and 7–14 s dfs, PoE over 32 views of the greedy 
 """
 
 import argparse
+import itertools
 import json
-import multiprocessing
 import sys
 import time
-from concurrent.futures import ProcessPoolExecutor, as_completed
 from functools import partial
 from pathlib import Path
 from statistics import median
@@ -44,7 +43,7 @@ import torch
 from rich.console import Console
 from rich.table import Table
 
-from onn_arc import evaluate, solve  # evaluate: its worker start-up and its crash-safe results file, reused
+from onn_arc import evaluate, solve  # evaluate: its task runner (workers) and crash-safe results file
 from onn_arc.checkpoint import MODEL_FILE, default_checkpoint, load_checkpoint
 from onn_arc.cli.common import number
 from onn_arc.config import SolveConfig
@@ -117,39 +116,26 @@ def search_task(model: TinyONN, task: Task, cfg: SolveConfig) -> dict[str, Any]:
     return record
 
 
-def _in_worker(task: Task, cfg: SolveConfig) -> dict[str, Any]:
-    return search_task(evaluate._worker["model"], task, cfg)  # loaded by `evaluate._init_worker`
-
-
-def run(tasks: list[Task], folder: Path, cfg: SolveConfig, path: Path, workers: int) -> None:
-    """Search every task not yet in `path`, appending each record as it finishes."""
-    done = evaluate._read_results(path)
+def run(tasks: list[Task], model: TinyONN, folder: Path, cfg: SolveConfig, path: Path, workers: int) -> None:
+    """Search every task not yet in `path`, appending each record as it finishes; one torch thread per task."""
+    done = evaluate.read_results(path)
     pending = [t for t in tasks if t.id not in done]
     console.print(f"{len(tasks) - len(pending)} of {len(tasks)} tasks done before; searching {len(pending)}")
+    counted = itertools.count(1)
 
-    def finished(k: int, record: dict[str, Any]) -> None:
-        evaluate._append(path, record)
+    def finished(record: dict[str, Any]) -> None:
+        evaluate.append_result(path, record)
         decoded = ", ".join(f"{s} {sum(record['decode_seconds'].get(s, [0])):.1f}" for s in SAMPLERS)
         poe = record["arms"][arm(max(VIEWS), "dfs", "poe")]["rank_seconds"]
         console.print(
-            f"[{k}/{len(pending)}] {record['task_id']}: ttt {record['ttt_seconds']:.1f} s, decode {decoded} s, "
-            f"poe (dfs, {max(VIEWS)} views) {poe:.1f} s" + (f" ({record['error']})" if record["error"] else ""),
+            f"[{next(counted)}/{len(pending)}] {record['task_id']}: ttt {record['ttt_seconds']:.1f} s, decode "
+            f"{decoded} s, poe (dfs, {max(VIEWS)} views) {poe:.1f} s"
+            + (f" ({record['error']})" if record["error"] else ""),
             soft_wrap=True,
         )
 
-    if workers == 1:
-        torch.set_num_threads(1)
-        model = load_checkpoint(folder).model
-        for k, task in enumerate(pending, start=1):
-            finished(k, search_task(model, task, cfg))
-        return
-    with ProcessPoolExecutor(
-        max_workers=workers, mp_context=multiprocessing.get_context("spawn"),
-        initializer=evaluate._init_worker, initargs=(str(folder), "cpu", 1),
-    ) as pool:  # fmt: skip
-        futures = [pool.submit(_in_worker, task, cfg) for task in pending]
-        for k, future in enumerate(as_completed(futures), start=1):
-            finished(k, future.result())
+    torch.set_num_threads(1)
+    evaluate.run_tasks(pending, partial(search_task, cfg=cfg), finished, model, folder, workers, threads=1)
 
 
 def coverage(tasks: list[Task], records: dict[str, dict], sampler: str, views: int) -> float:
@@ -235,8 +221,8 @@ def main() -> None:
         saved.write_text(json.dumps(settings, indent=2))
     elif json.loads(saved.read_text()) != json.loads(json.dumps(settings)):
         sys.exit(f"error: {args.root} holds a run with other settings ({saved}); choose another --root")
-    run(tasks, loaded.folder, cfg, args.root / "results.jsonl", args.workers)
-    records = evaluate._read_results(args.root / "results.jsonl")
+    run(tasks, loaded.model, loaded.folder, cfg, args.root / "results.jsonl", args.workers)
+    records = evaluate.read_results(args.root / "results.jsonl")
     report(tasks, records)
 
 

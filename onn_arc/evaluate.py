@@ -32,6 +32,7 @@ import time
 from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -162,7 +163,7 @@ def _check_settings(path: Path, settings: dict[str, Any]) -> None:
             )
 
 
-def _read_results(path: Path) -> dict[str, dict[str, Any]]:
+def read_results(path: Path) -> dict[str, dict[str, Any]]:
     """Finished tasks by id. Only newline-terminated lines count: a line a crash cut short is cut from the file."""
     if not path.exists():
         return {}
@@ -183,7 +184,8 @@ def _read_results(path: Path) -> dict[str, dict[str, Any]]:
     return records
 
 
-def _append(path: Path, record: dict[str, Any]) -> None:
+def append_result(path: Path, record: dict[str, Any]) -> None:
+    """One finished task's line, flushed and fsynced: a crash loses at most the task being written."""
     with open(path, "a", encoding="utf-8") as f:
         f.write(json.dumps(record) + "\n")
         f.flush()
@@ -280,8 +282,43 @@ def _exit_with(parent: int) -> None:
     os._exit(1)
 
 
-def _run_in_worker(task: Task, cfg: SolveConfig) -> dict[str, Any]:
-    return run_task(_worker["model"], task, cfg)
+def _run_in_worker(work: Callable[[TinyONN, Task], dict[str, Any]], task: Task) -> dict[str, Any]:
+    return work(_worker["model"], task)
+
+
+def run_tasks(
+    tasks: list[Task],
+    work: Callable[[TinyONN, Task], dict[str, Any]],
+    finished: Callable[[dict[str, Any]], None],
+    model: TinyONN,
+    folder: Path,
+    workers: int = 1,
+    device: str | torch.device = "cpu",
+    threads: int | None = None,
+) -> None:
+    """`work(model, task)` for every task, each record handed to `finished` (in this process) as it completes.
+
+    workers = 1 (or one task) runs here with `model`; else `workers` processes each load the checkpoint in `folder`
+    once and use `threads` torch threads (default cores // workers), and exit with this one. `work` crosses to them
+    by pickle: a module-level function, or a `functools.partial` of one."""
+    if workers == 1 or len(tasks) <= 1:
+        for task in tasks:
+            finished(work(model, task))
+        return
+    threads = threads or max(1, (os.cpu_count() or 1) // workers)
+    with ProcessPoolExecutor(
+        max_workers=workers,
+        mp_context=multiprocessing.get_context("spawn"),  # no fork of a process that holds torch threads
+        initializer=_init_worker,
+        initargs=(str(folder), str(device), threads),
+    ) as pool:
+        futures = [pool.submit(_run_in_worker, work, task) for task in tasks]
+        try:
+            for future in as_completed(futures):
+                finished(future.result())
+        except BaseException:
+            pool.shutdown(cancel_futures=True)
+            raise
 
 
 def evaluate(
@@ -324,7 +361,7 @@ def evaluate(
         "precision": resolve(cfg.precision, device),  # what `solve.precision` meant on this machine
     }
     _check_settings(out / SETTINGS, settings)
-    records = _read_results(out / RESULTS)
+    records = read_results(out / RESULTS)
     by_id = {t.id: t for t in tasks}
     for task in tasks:
         if task.id in records and on_task is not None:
@@ -332,29 +369,12 @@ def evaluate(
     pending = [t for t in tasks if t.id not in records]
 
     def finished(record: dict[str, Any]) -> None:
-        _append(out / RESULTS, record)
+        append_result(out / RESULTS, record)
         records[record["task_id"]] = record
         if on_task is not None:
             on_task(TaskDone(record, _score(by_id[record["task_id"]], record), resumed=False))
 
-    if workers == 1 or len(pending) <= 1:
-        for task in pending:
-            finished(run_task(loaded.model, task, cfg))
-    else:
-        threads = max(1, (os.cpu_count() or 1) // workers)
-        with ProcessPoolExecutor(
-            max_workers=workers,
-            mp_context=multiprocessing.get_context("spawn"),  # no fork of a process that holds torch threads
-            initializer=_init_worker,
-            initargs=(str(loaded.folder), str(device), threads),
-        ) as pool:
-            futures = [pool.submit(_run_in_worker, task, cfg) for task in pending]
-            try:
-                for future in as_completed(futures):
-                    finished(future.result())
-            except BaseException:
-                pool.shutdown(cancel_futures=True)
-                raise
+    run_tasks(pending, partial(run_task, cfg=cfg), finished, loaded.model, loaded.folder, workers, device)
 
     evaluation = _report(tasks, records, settings, _checkpoint_facts(loaded.meta, tasks, source))
     write_submission(out / SUBMISSION, {t.id: _attempts(t, records[t.id]) for t in tasks})
