@@ -72,20 +72,6 @@ def evaluate(root: Path, name: str, limit: int) -> None:
     onn_arc(args, root / f"{name}.eval.log", console)
 
 
-def training_summary(folder: Path) -> dict[str, float]:
-    rows = [json.loads(line) for line in (folder / "metrics.jsonl").read_text().splitlines()]
-    tail = rows[-TAIL:]
-    seconds = [b["elapsed"] - a["elapsed"] for a, b in zip([{"elapsed": 0.0}, *rows], rows)]  # each step's
-    padded_tokens = sum(r["tok_s"] * s for r, s in zip(rows, seconds))
-    return {
-        "steps": rows[-1]["step"],
-        "train_minutes": rows[-1]["elapsed"] / 60,
-        "tok_s": padded_tokens / rows[-1]["elapsed"],  # padded tokens per second of step time
-        "train_loss": sum(r["main"] for r in tail) / len(tail),
-        "activation_rate": sum(r["activation_rate"] for r in tail) / len(tail),
-    }
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--root", type=Path, default=Path("runs/ablations"))
@@ -104,12 +90,12 @@ def main() -> None:
     for column in columns:
         table.add_column(column, justify="left" if column == "variant" else "right")
     for name, (trained, _) in SOLVED.items():
-        t = training_summary(args.root / trained)
+        t = training_summary(args.root / trained, TAIL)
         s = json.loads((args.root / name / "eval" / "report.json").read_text())["summary"]
         table.add_row(
             name, f"{s['pass_at_2']:.3f}", f"{s['solved_tasks']}/{s['scored_tasks']}", f"{s['shape_correct']:.2f}",
             f"{s['cell_accuracy']:.3f}", f"{s['tf_loss']:.3f}", f"{s['seconds_per_task']:.1f}",
-            f"{t['train_loss']:.3f}", f"{t['activation_rate']:.3f}", f"{t['tok_s']:.0f}", f"{t['train_minutes']:.1f}",
+            f"{t['train_loss']:.3f}", f"{t['activation_rate']:.3f}", f"{t['tok_s']:.0f}", f"{t['train_min']:.1f}",
         )  # fmt: skip
         values = {"pass2": s["pass_at_2"], "shape": s["shape_correct"], "cells": s["cell_accuracy"]}
         values |= {"tf_loss": s["tf_loss"], "sec_per_task": s["seconds_per_task"], **t}

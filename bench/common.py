@@ -135,12 +135,17 @@ def new_colour_split(rows: list[dict], tasks: dict[str, Task]) -> list[tuple[str
     return [group([r for r, n in zip(rows, new) if n == wanted]) for wanted in (True, False)]
 
 
-def training_summary(folder: Path) -> dict[str, float]:
-    """Minutes, steps and the mean main loss of the last 10% of steps, from the run's metrics."""
+def training_summary(folder: Path, tail: int | None = None) -> dict[str, float]:
+    """From the run's metrics: steps, minutes and tokens per second of step-time (padded, as `train` prints them),
+    and the mean main loss and activation rate over the last `tail` steps (None: the last 10%)."""
     rows = [json.loads(line) for line in (folder / "metrics.jsonl").read_text().splitlines()]
-    tail = rows[-max(1, len(rows) // 10) :]
+    last = rows[-(tail or max(1, len(rows) // 10)) :]
+    seconds = [b["elapsed"] - a["elapsed"] for a, b in zip([{"elapsed": 0.0}, *rows], rows)]  # each step's
+    padded_tokens = sum(r["tok_s"] * s for r, s in zip(rows, seconds))
     return {
-        "train_min": rows[-1]["elapsed"] / 60,
         "steps": rows[-1]["step"],
-        "train_loss": sum(r["main"] for r in tail) / len(tail),
+        "train_min": rows[-1]["elapsed"] / 60,
+        "tok_s": padded_tokens / rows[-1]["elapsed"],
+        "train_loss": sum(r["main"] for r in last) / len(last),
+        "activation_rate": sum(r["activation_rate"] for r in last) / len(last),
     }

@@ -75,8 +75,9 @@ def main() -> None:
     budget = f"{args.steps} steps" if args.steps else f"{args.seconds / 3600:g} h"
     title = f"recipes at {budget} of training each on {' + '.join(args.source)}; {args.limit} {DEV} tasks"
     table = Table(title=title, box=None, pad_edge=False)
-    for name in ("arm", "flags", "params", "steps", "train loss", "new colour: solved", "changed", "other: solved",
-                 "changed", "pass@2", "pass@1", "changed-cell", "shape", "tuned loss", "s/task"):  # fmt: skip
+    for name in ("arm", "flags", "params", "tok/s", "steps", "tokens", "train loss", "new colour: solved", "changed",
+                 "other: solved", "changed", "pass@2", "pass@1", "changed-cell", "shape", "cells", "tuned loss",
+                 "s/task"):  # fmt: skip
         table.add_column(name, justify="left" if name in ("arm", "flags") else "right")
     for arm in args.arms:
         run = args.root / arm
@@ -93,17 +94,23 @@ def main() -> None:
         s, t = report["summary"], training_summary(run)
         params = load_checkpoint(run / "checkpoint").model.num_params()
         table.add_row(
-            arm, " ".join(ARMS[arm]), f"{params / 1e6:.2f}M", str(t["steps"]), f"{t['train_loss']:.3f}", new_solved,
-            number(new_changed), other_solved, number(other_changed), number(s["pass_at_2"]), number(s["pass_at_1"]),
-            number(s["changed_cell_accuracy"]), number(s["shape_correct"]), number(s.get("tuned_tf_loss")),
-            f"{s['seconds_per_task']:.1f}",
+            arm, " ".join(ARMS[arm]), f"{params / 1e6:.2f}M", f"{t['tok_s']:.0f}", str(t["steps"]),
+            f"{s['training']['tokens'] / 1e6:.1f}M", f"{t['train_loss']:.3f}", new_solved, number(new_changed),
+            other_solved, number(other_changed), number(s["pass_at_2"]), number(s["pass_at_1"]),
+            number(s["changed_cell_accuracy"]), number(s["shape_correct"]), number(s["cell_accuracy"]),
+            number(s.get("tuned_tf_loss")), f"{s['seconds_per_task']:.1f}",
         )  # fmt: skip
+        copied = s["copy_baseline"]
         console.print(
             f"RESULT arm={arm} pass_at_2={s['pass_at_2']:.4f} solved={s['solved_tasks']} new_colour={new_solved} "
             f"other={other_solved} changed_cell={number(s['changed_cell_accuracy'], 4)} steps={t['steps']} "
             f"train_loss={t['train_loss']:.4f} tuned_loss={number(s.get('tuned_tf_loss'), 4)}",
             soft_wrap=True,
         )
+    table.add_row(  # the same dev tasks for every arm: one copy-the-input row
+        "copy", "-", "-", "-", "-", "-", "-", "-", "-", "-", "-", number(copied["pass_at_2"]), "-", "-",
+        number(copied["shape_correct"]), number(copied["cell_accuracy"]), "-", "-",
+    )  # fmt: skip
     console.print(table)
 
 
