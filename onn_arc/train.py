@@ -457,7 +457,7 @@ class Run:
         device = next(model.parameters()).device
         model.train()
         metrics: dict[str, float] = {}
-        bad_in_a_row = 0
+        bad_in_a_row = signalled = 0
         with _stop_on_signals() as stop_requested, open(self.paths.metrics, "a") if rank == 0 else nullcontext() as log:
             while self.step < cfg.steps and not (cfg.seconds and self.elapsed >= cfg.seconds):
                 started = time.perf_counter()
@@ -478,22 +478,25 @@ class Run:
                     ema_update(self.ema, model, cfg.ema, self.step)  # a skipped step's weights: the step before's
                 seconds = time.perf_counter() - started
                 self.elapsed += seconds
-                counts = [int((batch.tokens != PAD).sum()), int(metrics["tokens"]), batch.tokens.numel()]
-                real, target, padded = _sum_over_ranks(counts, device)
-                self.tokens, self.target_tokens, self.padded_tokens = (
-                    self.tokens + real, self.target_tokens + target, self.padded_tokens + padded
-                )
                 metrics |= {"lr": opt.param_groups[0]["lr"], "tok_s": batch.n_tokens * world / seconds}
                 if log is not None:
                     log.write(json.dumps({"step": self.step, "elapsed": self.elapsed, **metrics}) + "\n")
                     log.flush()
                 if on_step is not None:
                     on_step(self.step, metrics)
-                if (self.step % cfg.checkpoint_every == 0 or stop_requested()) and not metrics["skipped"]:
+                # each rank times itself, so the ranks stop (by a signal or the step-time) as soon as any one would:
+                # a rank left alone in a collective hangs, then aborts
+                spent = bool(cfg.seconds) and self.elapsed >= cfg.seconds
+                counts = [int((batch.tokens != PAD).sum()), int(metrics["tokens"]), batch.tokens.numel()]
+                real, target, padded, signalled, spent = _sum_over_ranks([*counts, stop_requested(), spent], device)
+                self.tokens, self.target_tokens, self.padded_tokens = (
+                    self.tokens + real, self.target_tokens + target, self.padded_tokens + padded
+                )
+                if (self.step % cfg.checkpoint_every == 0 or signalled) and not metrics["skipped"]:
                     self.save(metrics)  # never over the last good checkpoint with a skipped step's metrics
-                if stop_requested():
+                if signalled or spent:
                     break
-            if metrics and self.step % cfg.checkpoint_every != 0 and not stop_requested() and not metrics["skipped"]:
+            if metrics and self.step % cfg.checkpoint_every != 0 and not signalled and not metrics["skipped"]:
                 self.save(metrics)
         return metrics
 
