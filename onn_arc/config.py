@@ -203,8 +203,8 @@ class SolveConfig(BaseModel):
     # at a time, see bench/model.py)
     views: int = Field(default=16, ge=1)  # augmented views decoded and ranked over (view 0 is the task as given)
     sampler: Literal["greedy", "dfs"] = "dfs"  # every grid above min_prob (at most max_candidates), or one per view
-    # (bench/search.py on the dev set: 16 views, dfs, poe pass@2 0.275, coverage 0.331, max 71 s per task; 6 views,
-    # greedy, poe 0.250, 0.250; the best pass@2 of the 12 arms, at half the time of the others that reached it)
+    # (bench/search.py, dev set, 12 arms: 16 views, dfs, poe has pass@2 0.275 and coverage 0.331 at 71 s per task at
+    # most, the lowest max of the arms with the best pass@2; 6 greedy views with poe had 0.250 and 0.250)
     min_prob: float = Field(default=0.1, gt=0, le=1)  # dfs: a candidate's probability floor
     max_candidates: int = Field(default=4, gt=0)  # dfs: at most this many grids per view
     search_seconds: float | None = Field(default=None, gt=0)  # wall-clock budget of decoding and PoE scoring after
