@@ -48,8 +48,9 @@ ARMS: dict[str, list[str]] = {
     "copies-32": ["--copies", "32"],
     "deep": ["--n-layers", "8"],
     "looped": ["--loops", "2"],
-    "wide": ["--d-model", "192"],  # the widest that solves within 120 s a task: test-time training steps cost 1.21x
-    # base's at d=160, 1.60x at 192, 3.05x at 256 (one thread, 2026-12-06), and base's slowest dev task takes ~70 s
+    "wide": ["--d-model", "192"],  # predicted the widest to solve within 120 s a task: a test-time training step
+    # (solve.fine_tune, untrained models, dev task 1f0c79e5, one thread, 2 interleaved rounds of 4 steps beside a
+    # running eval, 2026-12-06) costs 1.21x base's at d=160, 1.60x at 192, 3.05x at 256; base's slowest dev task ~70 s
     "regularised": ["--dropout", "0.1", "--ema", "0.995"],  # ~200 steps averaged: a 1-2 h arm takes 1,600-3,300
     # steps, so 0.999's ~1,000 (TRM's, over far longer runs) would reach back into the first half of the run
     "dense": ["--arch", "dense"],
