@@ -6,7 +6,7 @@ solves all 80 dev tasks (drawn from ARC-AGI-1 training, never trained on) with t
 of one thread each. The table splits every arm by whether a test output holds a colour absent from its test input.
 
     python bench/recipes.py [--root runs/recipes] [--seconds 7200] [--arms base copies-8 copies-32]   (make bench-recipes)
-    python bench/recipes.py --root runs/shape --seconds 3600 --arms base looped deep regularised wide dense   (issue #30)
+    python bench/recipes.py --root runs/shape --seconds 3600 --arms base looped deep regularised wide dense looped-regularised   (issue #30)
 
 Arms (train flags beside `--size base` and `--common`):
 - base: one code per task, every pair drawn with a fresh random rotation/reflection and colour permutation (the
@@ -15,7 +15,8 @@ Arms (train flags beside `--size base` and `--common`):
 - copies-K: every task enters as K fixed augmented copies (the identity first), each with its own code
   (`--copies K`), so that a code never sees its rule under two colour maps;
 - the model's shape (issue #30): deep (8 blocks), looped (4 blocks applied twice, weight-tied), wide (d=192),
-  regularised (dropout 0.1 and an EMA of the weights, decay 0.995; weight decay 0.1 is the default), dense (no SBL).
+  regularised (dropout 0.1 and an EMA of the weights, decay 0.995; weight decay 0.1 is the default), dense (no SBL),
+  looped-regularised (the two that beat base at 1 hour, together).
 
 Every command is printed; an interrupted arm resumes where its last periodic checkpoint left it (rerun the same
 command), a finished one is reused. Compare arms only when they ran on the same idle machine: `--seconds` is
@@ -54,6 +55,7 @@ ARMS: dict[str, list[str]] = {
     "regularised": ["--dropout", "0.1", "--ema", "0.995"],  # ~200 steps averaged: a 1-2 h arm takes 1,600-3,300
     # steps, so 0.999's ~1,000 (TRM's, over far longer runs) would reach back into the first half of the run
     "dense": ["--arch", "dense"],
+    "looped-regularised": ["--loops", "2", "--dropout", "0.1", "--ema", "0.995"],  # arm g: the two that beat base
 }
 console = Console(width=None if sys.stdout.isatty() else 160)
 
