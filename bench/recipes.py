@@ -6,7 +6,8 @@ solves all 80 dev tasks (drawn from ARC-AGI-1 training, never trained on) with t
 of one thread each. The table splits every arm by whether a test output holds a colour absent from its test input.
 
     python bench/recipes.py [--root runs/recipes] [--seconds 7200] [--arms base copies-8 copies-32]   (make bench-recipes)
-    python bench/recipes.py --root runs/shape --seconds 3600 --arms base looped deep regularised wide dense looped-regularised   (issue #30)
+    python bench/recipes.py --root runs/shape --seconds 3600 \\
+        --arms base looped deep regularised wide dense looped-regularised   (issue #30)
 
 Arms (train flags beside `--size base` and `--common`):
 - base: one code per task, every pair drawn with a fresh random rotation/reflection and colour permutation (the
