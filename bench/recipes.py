@@ -17,7 +17,7 @@ Arms (train flags beside `--size base` and `--common`):
   (`--copies K`), so that a code never sees its rule under two colour maps;
 - the model's shape (issue #30): deep (8 blocks), looped (4 blocks applied twice, weight-tied), wide (d=192),
   regularised (dropout 0.1 and an EMA of the weights, decay 0.995; weight decay 0.1 is the default), dense (no SBL),
-  looped-regularised (the two that beat base at 1 hour, together).
+  looped-regularised (the two that beat base at 1 hour, together), dense-looped (the dense baseline, looped).
 
 Every command is printed; an interrupted arm resumes where its last periodic checkpoint left it (rerun the same
 command), a finished one is reused. Compare arms only when they ran on the same idle machine: `--seconds` is
@@ -57,6 +57,7 @@ ARMS: dict[str, list[str]] = {
     # steps, so 0.999's ~1,000 (TRM's, over far longer runs) would reach back into the first half of the run
     "dense": ["--arch", "dense"],
     "looped-regularised": ["--loops", "2", "--dropout", "0.1", "--ema", "0.995"],  # arm g: the two that beat base
+    "dense-looped": ["--arch", "dense", "--loops", "2"],  # the two that matched the best at 1 h (looped: 12.5, dense: 12)
 }
 console = Console(width=None if sys.stdout.isatty() else 160)
 
