@@ -391,6 +391,9 @@ def test_a_format_2_pair_checkpoint_reads_as_today_and_its_run_resumes(tmp_path:
     assert TrainConfig.model_validate(loaded.meta.train_config).model == model.cfg  # what --resume starts from
     edit_meta(folder, lambda m: (m["model"].pop("task_codes"), m["model"].pop("planes")))  # before the switches
     assert load_checkpoint(folder).meta.model == model.cfg
+    edit_meta(folder, lambda m: (m["model"].pop("loops"), m["model"].pop("dropout"), m["stages"][-1].pop("ema")))
+    meta = load_checkpoint(folder).meta  # saved before loops, dropout and EMA existed
+    assert (meta.model.loops, meta.model.dropout, meta.stages[-1].ema) == (1, 0.0, 0.0)
 
 
 @pytest.mark.parametrize(
@@ -414,12 +417,11 @@ def test_a_format_3_checkpoint_names_no_format(saved):
     one_line_error(folder, "model.format")  # a field this format does not have
 
 
-def test_the_shipped_checkpoint_still_loads(tmp_path: Path):
+def test_the_shipped_checkpoint_loads_and_records_its_training():
     meta = load_checkpoint(checkpoint.REPO_ROOT / "checkpoints" / "default").meta
     assert meta.stages[-1].steps == meta.step > 0 and meta.data == TrainingData.union([s.data for s in meta.stages])
     assert meta.data.leaks_into(load_split("arc1-eval") + load_split("arc2-eval")) == []  # no evaluation answer, by id
-    assert (meta.model.loops, meta.model.dropout, meta.stages[-1].ema) == (1, 0.0, 0.0)  # saved before they existed
-    assert meta.format_version == 2 and meta.model.n_task_codes == 553  # a pair-format checkpoint of format 2
+    assert meta.model.n_task_codes == meta.data.n_tasks == 553  # one code per training task
 
 
 # ---------------------------------------------------------------- inspect
