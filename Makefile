@@ -25,16 +25,17 @@ test-all: $(STAMP)
 run: $(STAMP)
 	$(ONNARC) solve 6d75e8bb --threads 2
 
-# One stage of the long training of the default recipe (base preset; the 320 ARC-AGI-1 training
-# tasks outside the dev set and the 233 ARC-AGI-2 training tasks in no ARC-AGI-1 split, as the README's chain):
+# One stage of the long training of the shipped recipe (the dense model, base preset, its 4 blocks looped twice; the
+# 320 ARC-AGI-1 training tasks outside the dev set and the 233 ARC-AGI-2 training tasks in no ARC-AGI-1 split):
 # STAGE_SECONDS of training into STAGE, from INIT's weights when given (a previous stage's checkpoint).
-# On a lent GPU: make train-stage DEVICE=cuda STAGE_SECONDS=540 INIT=checkpoints/default (the shipped stage of the chain). Then `make ship RUN=$(STAGE)`.
-# TRAIN_FLAGS adds train flags, e.g. TRAIN_FLAGS="--copies 8" (codes per augmented copy; a new recipe starts without INIT).
+# Next stage of the shipped chain: make train-stage STAGE=runs/long-2 INIT=checkpoints/default STAGE_SECONDS=6000
+# On a lent GPU: make train-stage DEVICE=cuda STAGE_SECONDS=540 INIT=checkpoints/default. Then `make ship RUN=$(STAGE)`.
+# TRAIN_FLAGS replaces the model flags, e.g. TRAIN_FLAGS="" (Tiny-ONN, train's default) or "--copies 8".
 STAGE ?= runs/stage
-STAGE_SECONDS ?= 9000
+STAGE_SECONDS ?= 6000
 INIT ?=
 DEVICE ?= auto
-TRAIN_FLAGS ?=
+TRAIN_FLAGS ?= --arch dense --loops 2
 train-stage: $(STAMP)
 	$(ONNARC) train --out $(STAGE) --size base --source arc1-train-nodev --source arc2-train-new --seconds $(STAGE_SECONDS) \
 		--steps 1000000 --checkpoint-every 200 --device $(DEVICE) $(if $(INIT),--init $(INIT)) $(TRAIN_FLAGS)
