@@ -186,7 +186,7 @@ class SolveConfig(BaseModel):
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    ttt_steps: int = Field(default=32, ge=0)  # test-time training steps on the task's own demos (0 turns it off)
+    ttt_steps: int = Field(default=48, ge=0)  # test-time training steps on the task's own demos (0 turns it off)
     ttt_seconds: float | None = Field(default=None, gt=0)  # optional wall-clock bound on test-time training
     ttt_batch_tokens: int = Field(default=4096, gt=0)  # padded tokens per test-time training step
     ttt_params: TttParams = "all"  # test-time training updates every weight, or the task code alone
