@@ -28,7 +28,7 @@ run: $(STAMP)
 # One stage of the long training of the shipped recipe (the dense model, base preset, its 4 blocks looped twice; the
 # 320 ARC-AGI-1 training tasks outside the dev set and the 233 ARC-AGI-2 training tasks in no ARC-AGI-1 split):
 # STAGE_SECONDS of training into STAGE, from INIT's weights when given (a previous stage's checkpoint).
-# Next stage of the shipped chain: make train-stage STAGE=runs/long-2 INIT=checkpoints/default STAGE_SECONDS=6000
+# The shipped chain stopped at stage 1: a second stage (INIT=checkpoints/default) did worse on dev (docs/recipes.md).
 # On a lent GPU: make train-stage DEVICE=cuda STAGE_SECONDS=540 INIT=checkpoints/default. Then `make ship RUN=$(STAGE)`.
 # TRAIN_FLAGS replaces the model flags, e.g. TRAIN_FLAGS="" (Tiny-ONN, train's default) or "--copies 8".
 STAGE ?= runs/stage
