@@ -76,7 +76,7 @@ def train_command(
     loops: Annotated[int | None, Opt(help="Run the stack of blocks this many times with the same weights (weight-tied depth; 1: once).")] = None,
     dropout: Annotated[float | None, Opt(help="Dropout on the embeddings and residual branches, in training only (0: off).")] = None,
     max_len: Annotated[int | None, Opt(help="Override the preset's context length in tokens.")] = None,
-    optimizer: Annotated[str | None, Opt(help="muon (the default: Muon on weight matrices, AdamW elsewhere), gn (Gauss-Newton preconditioned; the shipped checkpoint's), or adamw.")] = None,
+    optimizer: Annotated[str | None, Opt(help="muon (the default: Muon on weight matrices, AdamW elsewhere), gn (Gauss-Newton preconditioned; the SBL chain's, shipped until 2026-12-07), or adamw.")] = None,
     lr: Annotated[float | None, Opt(help="Peak learning rate (default: the optimizer's best in bench/optim.py: muon 1e-2, adamw and gn 3e-3).")] = None,
     weight_decay: Annotated[float | None, Opt(help="Decoupled weight decay of the weight matrices (default 0.1; nothing else decays).")] = None,
     ema: Annotated[float | None, Opt(help="Checkpoints ship the moving average of the weights with this decay, e.g. 0.999 (0: the raw weights).")] = None,
