@@ -208,6 +208,10 @@ class SolveConfig(BaseModel):
     # most, the lowest max of the arms with the best pass@2; 6 greedy views with poe had 0.250 and 0.250)
     min_prob: float = Field(default=0.1, gt=0, le=1)  # dfs: a candidate's probability floor
     max_candidates: int = Field(default=4, gt=0)  # dfs: at most this many grids per view
+    greedy_fallback: bool = False  # dfs: a test input no view finds a grid for gets every view's greedy grid, not
+    # two copies of its input (none for 13 of the dev set's 82 test inputs, 192 of ARC-AGI-1 evaluation's 419). Off:
+    # on the dev set it solves nothing more (pass@2 0.287 either way) for changed-cell accuracy 0.483 -> 0.511 and a
+    # slowest task of 114 s instead of 85 s (docs/evaluation.md)
     search_seconds: float | None = Field(default=None, gt=0)  # wall-clock budget of decoding and PoE scoring after
     # test-time training; None (the default): unbounded, so a busy machine solves slower, never differently (a 60 s
     # bound under `nice` on a loaded machine left `make run` no candidate at all)

@@ -62,7 +62,8 @@ from onn_arc.train import (
 )  # fmt: skip
 
 BATCH_ROWS = 32  # prompts greedy decodes together at most (a row's KV cache: ~8 MB for the base preset)
-Progress = Callable[[str, int, int], None]  # (stage, done, total): "ttt" steps, then "decode" view × test prompts
+Progress = Callable[[str, int, int], None]  # (stage, done, total): "ttt" steps, "decode" view × test prompts, then
+# "greedy" prompts (the test inputs dfs found no grid for)
 Score = Callable[[list[Grid]], list[float | None]]  # a test input's candidate grids -> their product-of-experts scores
 
 
@@ -352,25 +353,44 @@ def decode_views(
 ) -> list[list[list[decode.Candidate]]]:
     """Candidates [view][test] for every test input of each view's (possibly augmented) task under its code (`seen`:
     (task, code) per view), in that task's orientation, decoded by `cfg.sampler` in batches of BATCH_ROWS prompts
-    until `deadline` (a `time.perf_counter()` value; None: no bound). `on_progress("decode", done, total)` counts the
-    prompts decoded."""
-    prompts = [decode_prompt(model, task, i, code) for task, code in seen for i in range(len(task.test))]
+    until `deadline` (a `time.perf_counter()` value; None: no bound). With `cfg.greedy_fallback`, a test input for which
+    dfs finds no grid above `cfg.min_prob` in any view gets every view's greedy grid instead.
+    `on_progress(stage, done, total)` counts the prompts decoded ("decode", then "greedy")."""
+    keys = [(v, i) for v, (task, _) in enumerate(seen) for i in range(len(task.test))]
+    prompts = {(v, i): decode_prompt(model, seen[v][0], i, seen[v][1]) for v, i in keys}
+    found = dict(zip(keys, _decode(model, list(prompts.values()), cfg, cfg.sampler, "decode", on_progress, deadline)))
+    if cfg.sampler == "dfs" and cfg.greedy_fallback:
+        tests = {i for _, i in keys} - {i for (_, i), grids in found.items() if grids}
+        lost = [(v, i) for v, i in keys if i in tests]
+        found |= zip(lost, _decode(model, [prompts[k] for k in lost], cfg, "greedy", "greedy", on_progress, deadline))
+    return [[found[v, i] for i in range(len(task.test))] for v, (task, _) in enumerate(seen)]
+
+
+def _decode(
+    model: TinyONN,
+    prompts: list[Sequence],
+    cfg: SolveConfig,
+    sampler: str,
+    stage: str,
+    on_progress: Progress | None,
+    deadline: float | None,
+) -> list[list[decode.Candidate]]:
+    """The candidates of each prompt by `sampler`, BATCH_ROWS prompts at a time, counted as `stage`."""
     decoded = itertools.count(1)
 
     def tick(_: int) -> None:
         done = next(decoded)
         if on_progress is not None:
-            on_progress("decode", done, len(prompts))
+            on_progress(stage, done, len(prompts))
 
     found: list[list[decode.Candidate]] = []
     for start in range(0, len(prompts), BATCH_ROWS):
         batch = prompts[start : start + BATCH_ROWS]
-        if cfg.sampler == "dfs":
+        if sampler == "dfs":
             found += decode.dfs_batch(model, batch, cfg.min_prob, cfg.max_candidates, on_done=tick, deadline=deadline)
         else:
             found += decode.greedy_batch(model, batch, on_done=tick, deadline=deadline)
-    each = iter(found)
-    return [[next(each) for _ in task.test] for task, _ in seen]
+    return found
 
 
 def solve_task(

@@ -1,6 +1,7 @@
 """Solving: views and voting after inverse mapping, test-time training on demos only, task codes, the context guard,
 and a tiny model trained here solving a learnable task end to end."""
 
+import itertools
 import json
 import re
 from collections.abc import Callable
@@ -160,10 +161,10 @@ def test_solve_task_with_dfs_returns_distinct_ranked_candidates():
     model = tiny_model()
     with torch.no_grad():
         model.head.weight.mul_(4)  # peaky, so the search ends quickly
-    cfg = FAST.model_copy(update={"ttt_steps": 0, "sampler": "dfs", "min_prob": 0.05, "views": 3})
+    cfg = FAST.model_copy(update={"ttt_steps": 0, "sampler": "dfs", "min_prob": 0.05, "views": 3, "greedy_fallback": True})
     (answer,) = solve.solve_task(model, task, cfg).tests
-    keys = [(c.grid == task.test[0].input, -c.votes, -c.logprob) for c in answer.candidates]
-    assert keys == sorted(keys) and len({c.grid for c in answer.candidates}) == len(answer.candidates)
+    keys = list(map(solve.rank_key(cfg.ranking, task.test[0].input), answer.candidates))
+    assert answer.candidates and keys == sorted(keys) and len({c.grid for c in answer.candidates}) == len(answer.candidates)
     assert answer.attempts == solve.two_attempts([c.grid for c in answer.candidates], task.test[0].input)
 
 
@@ -315,25 +316,35 @@ def test_decoding_under_a_views_code_conditions_on_that_code():
     assert other.logprob != found.logprob
 
 
-@pytest.mark.parametrize("sampler", ["greedy", "dfs"])
-def test_decode_views_decodes_every_views_tests_and_counts_them(sampler, monkeypatch):
+@pytest.mark.parametrize(
+    ("sampler", "min_prob", "fallback"), [("greedy", 0.1, True), ("dfs", 0.05, True), ("dfs", 1e-3, True), ("dfs", 1.0, True), ("dfs", 1.0, False)]
+)
+def test_decode_views_decodes_every_views_tests_and_counts_them(sampler, min_prob, fallback, monkeypatch):
     """Two tests in three views under three codes, decoded in batches (of 4 here: 4 + 2 prompts): [view][test] holds
-    what decoding that prompt alone gives, and progress counts every prompt."""
+    what decoding that prompt alone gives, and progress counts every prompt. With dfs, a test input no view finds a
+    grid for (a floor of 1.0: none of an untrained model's grids) gets every view's greedy grid, with the fallback."""
     monkeypatch.setattr(solve, "BATCH_ROWS", 4)
     task = load_task_file(DATA / "25ff71a9.json")
     model, views = coded_model(copies=3), copies_of(task, 3, AugmentConfig())
     model = solve.with_task_code(model, task, "mean", views)
     seen = [(v.apply(task), solve.code_of(model, task, v)) for v in views]
-    cfg = FAST.model_copy(update={"sampler": sampler, "min_prob": 0.05})
+    cfg = FAST.model_copy(update={"sampler": sampler, "min_prob": min_prob, "greedy_fallback": fallback})
     progress = []
     found = solve.decode_views(model, seen, cfg, lambda *args: progress.append(args))
-    assert progress == [("decode", k, 6) for k in range(1, 7)]
-    for (view, code), per_test in zip(seen, found, strict=True):
-        for i, candidates in enumerate(per_test):
-            seq = solve.decode_prompt(model, view, i, code)
-            alone = decode.dfs(model, seq, 0.05, cfg.max_candidates) if sampler == "dfs" else decode.greedy(model, seq)
-            assert [c.tokens for c in candidates] == [c.tokens for c in alone]
-            assert [c.logprob for c in candidates] == pytest.approx([c.logprob for c in alone], abs=1e-4)
+    prompts = [[solve.decode_prompt(model, view, i, code) for i in range(len(view.test))] for view, code in seen]
+    alone = [[decode.dfs(model, seq, min_prob, cfg.max_candidates) if sampler == "dfs" else decode.greedy(model, seq)
+              for seq in per_test] for per_test in prompts]  # fmt: skip
+    lost = [i for i in range(2) if sampler == "dfs" and fallback and not any(per_test[i] for per_test in alone)]
+    assert lost == {1.0: [0, 1] if fallback else [], 1e-3: []}.get(min_prob, lost)  # 1e-3: each test has a grid
+    for v, per_test in enumerate(prompts):
+        for i in lost:
+            alone[v][i] = decode.greedy(model, per_test[i])
+            assert len(found[v][i]) == 1  # a greedy grid, not nothing
+    fallback = 3 * len(lost)  # prompts: three views of each lost test
+    assert progress == [("decode", k, 6) for k in range(1, 7)] + [("greedy", k, fallback) for k in range(1, fallback + 1)]
+    for got, want in zip(itertools.chain(*found), itertools.chain(*alone), strict=True):
+        assert [c.tokens for c in got] == [c.tokens for c in want]
+        assert [c.logprob for c in got] == pytest.approx([c.logprob for c in want], abs=1e-4)
 
 
 def test_the_search_budget_bounds_decoding_and_scoring_and_keeps_what_was_found(forward_clock):

@@ -48,6 +48,13 @@ SamplerOpt = Annotated[
     Literal["greedy", "dfs"], typer.Option(help="greedy: one grid per view; dfs: every grid above --min-prob.")
 ]
 MinProbOpt = Annotated[float, typer.Option(help="dfs: a candidate grid's probability floor.")]
+GreedyFallbackOpt = Annotated[
+    bool,
+    typer.Option(
+        help="dfs: a test input for which no view finds a grid above --min-prob gets every view's greedy grid "
+        "(--no-greedy-fallback: its attempts are copies of the input)."
+    ),
+]
 SearchSecondsOpt = Annotated[
     float | None,
     typer.Option(
@@ -104,11 +111,13 @@ def solve_config(
     keep_background: bool = DEFAULT.augment.keep_background,
     ranking: str = DEFAULT.ranking,
     search_seconds: float | None = DEFAULT.search_seconds,
+    greedy_fallback: bool = DEFAULT.greedy_fallback,
 ) -> SolveConfig:
     """The SolveConfig the shared options describe (everything else at its default)."""
     fields = dict(
         ttt_steps=ttt_steps, ttt_seconds=ttt_seconds, views=views, sampler=sampler, min_prob=min_prob, precision=precision,
         ttt_params=ttt_params, task_code_init=task_code_init, ranking=ranking, search_seconds=search_seconds,
+        greedy_fallback=greedy_fallback,
     )  # fmt: skip
     optimizer = DEFAULT.optimizer.model_dump() | {"name": ttt_optimizer}
     augment = DEFAULT.augment.model_dump() | {"dihedral": dihedral, "keep_background": keep_background}

@@ -22,6 +22,7 @@ from onn_arc.cli.common import (
     DEFAULT_COLOURS,
     DeviceOpt,
     DihedralOpt,
+    GreedyFallbackOpt,
     JsonOpt,
     MinProbOpt,
     PrecisionOpt,
@@ -148,6 +149,7 @@ def eval_command(
     keep_background: BackgroundOpt = DEFAULT.augment.keep_background,
     sampler: SamplerOpt = DEFAULT.sampler,
     min_prob: MinProbOpt = DEFAULT.min_prob,
+    greedy_fallback: GreedyFallbackOpt = DEFAULT.greedy_fallback,
     ranking: RankingOpt = DEFAULT.ranking,
     search_seconds: SearchSecondsOpt = DEFAULT.search_seconds,
     seed: SeedOpt = DEFAULT.seed,
@@ -168,7 +170,7 @@ def eval_command(
         torch.set_num_threads(threads)
     cfg = solve_config(
         ttt_steps, ttt_seconds, ttt_optimizer, views, sampler, min_prob, seed, precision, ttt_params, task_code_init,
-        colours, dihedral, keep_background, ranking, search_seconds,
+        colours, dihedral, keep_background, ranking, search_seconds, greedy_fallback,
     )  # fmt: skip
     chosen = select(data.load_source(split), tasks, limit, split)
     folder = checkpoint or default_checkpoint()

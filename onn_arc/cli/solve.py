@@ -26,6 +26,7 @@ from onn_arc.cli.common import (
     DEFAULT_COLOURS,
     DeviceOpt,
     DihedralOpt,
+    GreedyFallbackOpt,
     JsonOpt,
     MinProbOpt,
     PrecisionOpt,
@@ -130,6 +131,9 @@ def _progress(*columns: ProgressColumn) -> Progress:
     return Progress(*columns, console=err, refresh_per_second=2, transient=True, disable=not err.is_terminal)
 
 
+STAGES = {"ttt": "test-time training", "decode": "decoding", "greedy": "decoding greedily (nothing above --min-prob)"}
+
+
 def _solve_one(model: TinyONN, task: data.Task, cfg: SolveConfig) -> Solution:
     """`solve_task` with a bar for test-time training and one for decoding."""
     columns = (TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
@@ -138,7 +142,7 @@ def _solve_one(model: TinyONN, task: data.Task, cfg: SolveConfig) -> Solution:
 
         def on_progress(stage: str, done: int, total: int) -> None:
             if stage not in bars:
-                bars[stage] = progress.add_task("test-time training" if stage == "ttt" else "decoding", total=total)
+                bars[stage] = progress.add_task(STAGES[stage], total=total)
             progress.update(bars[stage], completed=done)
 
         return solve_task(model, task, cfg, on_progress)
@@ -223,6 +227,7 @@ def solve(
     keep_background: BackgroundOpt = DEFAULT.augment.keep_background,
     sampler: SamplerOpt = DEFAULT.sampler,
     min_prob: MinProbOpt = DEFAULT.min_prob,
+    greedy_fallback: GreedyFallbackOpt = DEFAULT.greedy_fallback,
     ranking: RankingOpt = DEFAULT.ranking,
     search_seconds: SearchSecondsOpt = DEFAULT.search_seconds,
     seed: SeedOpt = DEFAULT.seed,
@@ -245,7 +250,7 @@ def solve(
         torch.set_num_threads(threads)
     cfg = solve_config(
         ttt_steps, ttt_seconds, ttt_optimizer, views, sampler, min_prob, seed, precision, ttt_params, task_code_init,
-        colours, dihedral, keep_background, ranking, search_seconds,
+        colours, dihedral, keep_background, ranking, search_seconds, greedy_fallback,
     )  # fmt: skip
     tasks = load_tasks(task)
     if explain and len(tasks) > 1:
